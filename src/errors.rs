@@ -1,0 +1,135 @@
+//! Errors, one enum per concern.
+
+use std::time::Duration;
+
+/// The error a hook or a critical task may return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why [`Builder::build`](crate::Builder::build) rejected a lifecycle graph.
+///
+/// Every variant names the hooks or phases at fault, so the message alone says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two different hooks have the same name.
+    #[error(
+        "hook `{name}` is registered twice (in phase `{first}` and in phase `{second}`); give one of them another name"
+    )]
+    DuplicateHook {
+        /// The name both hooks use.
+        name: String,
+        /// Phase of the first registration.
+        first: String,
+        /// Phase of the second registration.
+        second: String,
+    },
+    /// A custom phase was declared twice, or a built-in phase was redeclared.
+    #[error("phase `{0}` is declared twice; declare each custom phase once (built-in phases need no declaration)")]
+    DuplicatePhase(String),
+    /// A hook is ordered after or before a hook that is not registered.
+    #[error(
+        "hook `{hook}` is ordered {relation} `{dependency}`, but no hook named `{dependency}` is registered"
+    )]
+    UnknownDependency {
+        /// The hook that declares the edge.
+        hook: String,
+        /// `after` or `before`.
+        relation: &'static str,
+        /// The missing hook.
+        dependency: String,
+    },
+    /// A hook is ordered against a hook of another phase.
+    #[error(
+        "hook `{hook}` (phase `{phase}`) is ordered {relation} `{dependency}`, which is in phase `{other_phase}`; order hooks only within their phase (phases order themselves)"
+    )]
+    CrossPhaseDependency {
+        /// The hook that declares the edge.
+        hook: String,
+        /// Its phase.
+        phase: String,
+        /// `after` or `before`.
+        relation: &'static str,
+        /// The hook it names.
+        dependency: String,
+        /// The phase of that hook.
+        other_phase: String,
+    },
+    /// A hook or a phase edge names a phase that does not exist.
+    #[error(
+        "{user} names phase `{phase}`, which is neither built in (startup, running, stop_intake, drain, shutdown, wait, exit) nor declared with `Builder::phase`"
+    )]
+    UnknownPhase {
+        /// Who names the phase: "hook `x`" or "phase `y`".
+        user: String,
+        /// The unknown phase.
+        phase: String,
+    },
+    /// A custom phase has no edge tying it into the graph.
+    #[error(
+        "custom phase `{0}` has no `after` or `before` edge; anchor it, for example `.after(Phase::WAIT).before(Phase::EXIT)`"
+    )]
+    UnanchoredPhase(String),
+    /// The hooks of a phase depend on each other in a circle.
+    #[error("the hooks of phase `{phase}` form a cycle: {}", render_cycle(.cycle))]
+    HookCycle {
+        /// The phase.
+        phase: String,
+        /// Every hook in the cycle, in dependency order.
+        cycle: Vec<String>,
+    },
+    /// The phases depend on each other in a circle.
+    #[error("the phases form a cycle: {}", render_cycle(.cycle))]
+    PhaseCycle {
+        /// Every phase in the cycle, in order.
+        cycle: Vec<String>,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{what} must be longer than zero")]
+    ZeroDuration {
+        /// Which setting: "the shutdown timeout", "the timeout of hook `x`".
+        what: String,
+    },
+    /// The exit reserve does not fit in the shutdown budget.
+    #[error(
+        "the exit reserve ({reserve:?}) must be shorter than the shutdown timeout ({budget:?}); the rest of the budget is the drain deadline"
+    )]
+    ReserveTooLong {
+        /// The exit reserve asked for.
+        reserve: Duration,
+        /// The whole shutdown budget.
+        budget: Duration,
+    },
+    /// `teardown_of` pairs hooks that can't be paired.
+    #[error(
+        "hook `{hook}` is declared the teardown of `{startup}`, but {problem}; a teardown runs after `running` and pairs with a hook that runs before it"
+    )]
+    BadTeardown {
+        /// The teardown hook.
+        hook: String,
+        /// The hook it claims to tear down.
+        startup: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+fn render_cycle(cycle: &[String]) -> String {
+    let mut out = cycle.join(" -> ");
+    if let Some(first) = cycle.first() {
+        out.push_str(" -> ");
+        out.push_str(first);
+    }
+    out
+}
+
+/// Renders an error and its chain of sources on one line: `outer: inner: root`.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    out
+}

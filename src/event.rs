@@ -1,0 +1,168 @@
+//! Lifecycle events, for tests, metrics and progress output. See [`Event`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::hook::HookResult;
+use crate::outcome::Reason;
+use crate::phase::Phase;
+use crate::signals::Signal;
+
+/// Something the lifecycle did. Every event is also a `tracing` event with the same fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A phase began.
+    PhaseStarted {
+        /// The phase.
+        phase: Phase,
+    },
+    /// A phase was skipped (escalation, deadline, failed startup).
+    PhaseSkipped {
+        /// The phase.
+        phase: Phase,
+    },
+    /// A hook ended, or was skipped.
+    HookFinished {
+        /// Its phase.
+        phase: Phase,
+        /// Its name.
+        name: String,
+        /// How it ended.
+        result: HookResult,
+        /// How long it ran.
+        elapsed: Duration,
+    },
+    /// The service is ready: startup is done and `running` began.
+    Ready,
+    /// A stop, restart or failure began the stop.
+    Triggered {
+        /// Why.
+        reason: Reason,
+        /// The signal, if a signal did it.
+        signal: Option<Signal>,
+    },
+    /// Quiet was requested: intake stops, the service keeps running.
+    Quiet,
+    /// A stop signal arrived during a restart and was absorbed: still a restart.
+    Absorbed {
+        /// The signal.
+        signal: Signal,
+    },
+    /// A second terminating signal: skipping to the exit hooks.
+    Escalated {
+        /// The signal.
+        signal: Signal,
+    },
+    /// Tracked work was still running at the drain deadline and was cancelled.
+    WorkCancelled {
+        /// How many items.
+        count: usize,
+    },
+    /// Drain progress, reported when the wait begins and each time work ends.
+    Draining {
+        /// Tracked work still in flight.
+        in_flight: usize,
+        /// Time left until the drain deadline.
+        time_left: Duration,
+    },
+    /// A state dump was requested (`SIGTTIN`).
+    StateDump(Snapshot),
+    /// The run ended.
+    Finished {
+        /// Why it stopped.
+        reason: Reason,
+        /// The exit status.
+        exit_code: u8,
+    },
+}
+
+/// The state of a lifecycle at one moment, as dumped on `SIGTTIN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The current phase.
+    pub phase: Phase,
+    /// Why it is stopping, if it is.
+    pub reason: Option<Reason>,
+    /// Tracked work in flight.
+    pub in_flight: usize,
+    /// Hooks that have not run yet, as `phase/name`.
+    pub pending_hooks: Vec<String>,
+    /// Time left in the shutdown budget, once stopping.
+    pub time_left: Option<Duration>,
+}
+
+pub(crate) type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Delivers events to the observers fixed at build time and to streams subscribed since.
+pub(crate) struct EventHub {
+    pub(crate) observers: Vec<Observer>,
+    /// Locked only to add a subscriber or deliver an event; never held across an await.
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+}
+
+impl EventHub {
+    pub(crate) fn new(observers: Vec<Observer>) -> Self {
+        EventHub {
+            observers,
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        for observer in &self.observers {
+            observer(&event);
+        }
+        let mut subscribers = self.subscribers.lock();
+        if !subscribers.is_empty() {
+            subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers.lock().push(tx);
+        EventStream { rx }
+    }
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("observers", &self.observers.len())
+            .field("subscribers", &self.subscribers.lock().len())
+            .finish()
+    }
+}
+
+/// A stream of every [`Event`] from the moment of subscribing; it ends when the lifecycle is
+/// dropped. Nothing is dropped for a slow reader (the buffer is unbounded).
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl EventStream {
+    /// The next event, or `None` once the lifecycle is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is never lost if this future is dropped before it completes.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -1,0 +1,387 @@
+//! The cloneable handle to a lifecycle. See [`LifecycleHandle`].
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
+
+use crate::control::{Control, Effect, Escalation};
+use crate::errors::{BoxError, error_chain};
+use crate::event::{Event, EventHub, EventStream, Snapshot};
+use crate::hook::IntoHookResult;
+use crate::notify::Notifier;
+use crate::outcome::{ExitCodes, Reason};
+use crate::phase::Phase;
+use crate::signals::{Signal, Signals};
+
+/// Settings fixed at build time.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) budget: Duration,
+    pub(crate) reserve: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) propagation_delay: Duration,
+    pub(crate) signals: Signals,
+    pub(crate) hard_exit: bool,
+    pub(crate) exit_codes: ExitCodes,
+    pub(crate) notifier: Option<Notifier>,
+}
+
+/// State shared by the lifecycle and all its handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Triggers and escalation; a `watch` so the runner can await any change.
+    pub(crate) control: watch::Sender<Control>,
+    /// Every tracked task, future and guard.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when intake stops.
+    pub(crate) intake: CancellationToken,
+    /// Cancelled when the drain begins.
+    pub(crate) drain: CancellationToken,
+    /// Cancelled at the drain deadline (or on escalation): remaining work must stop now.
+    pub(crate) cancel: CancellationToken,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) ready: watch::Sender<bool>,
+    pub(crate) events: EventHub,
+    pub(crate) config: Config,
+    /// Failures that are not hook results (critical tasks, startup); locked briefly, never across
+    /// an await.
+    pub(crate) failures: Mutex<Vec<String>>,
+    /// Every hook in plan order as `phase/name`, emptied as each one reports: the pending hooks
+    /// for state dumps.
+    pub(crate) pending: Mutex<Vec<Option<String>>>,
+}
+
+/// A cheap, cloneable handle to a lifecycle: spawn and track work, watch the phase, trigger a stop.
+///
+/// ```
+/// use lifecycle_hooks::{Lifecycle, Signals};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let lifecycle = Lifecycle::builder().signals(Signals::none()).build().unwrap();
+/// let handle = lifecycle.handle();
+/// handle.spawn({
+///     let handle = handle.clone();
+///     async move {
+///         handle.draining().await; // finish the current unit of work, then return
+///     }
+/// });
+/// handle.stop();
+/// let outcome = lifecycle.run().await;
+/// assert_eq!(outcome.exit_code(), 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LifecycleHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LifecycleHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleHandle")
+            .field("phase", &*self.shared.phase.borrow())
+            .field("in_flight", &self.shared.tracker.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LifecycleHandle {
+    /// Requests a graceful stop (exit status 0 when clean). Idempotent: calling it again, from
+    /// any number of tasks, does nothing more; only signals escalate.
+    pub fn stop(&self) {
+        self.request(Reason::Stop, None);
+    }
+
+    /// Requests a graceful restart: the same path as [`stop`](Self::stop), exit status 4 when
+    /// clean. If a stop is already under way, its reason stays.
+    pub fn restart(&self) {
+        self.request(Reason::Restart, None);
+    }
+
+    /// Stops intake and keeps running until [`stop`](Self::stop) or [`restart`](Self::restart).
+    pub fn quiet(&self) {
+        let effect = self.shared.control.send_if_modified(|c| c.quiet() != Effect::Nothing);
+        if effect {
+            tracing::info!(target: "lifecycle_hooks", "quiet: intake stops, still running");
+            self.shared.events.emit(Event::Quiet);
+        }
+    }
+
+    /// Reports a failure and requests a stop with reason [`Reason::Failure`] (exit status 1).
+    pub fn fail(&self, what: impl Into<String>) {
+        let what = what.into();
+        tracing::error!(target: "lifecycle_hooks", failure = %what, "failure: stopping");
+        self.shared.failures.lock().push(what);
+        self.request(Reason::Failure, None);
+    }
+
+    /// Delivers `signal` as if the OS had: the same path real signals take, with escalation.
+    pub fn trigger(&self, signal: Signal) {
+        let Some(action) = self.shared.config.signals.action(signal) else {
+            tracing::debug!(target: "lifecycle_hooks", %signal, "signal not mapped; ignored");
+            return;
+        };
+        let now = Instant::now();
+        let mut effect = Effect::Nothing;
+        self.shared.control.send_if_modified(|c| {
+            effect = c.signal(signal, action, now);
+            !matches!(effect, Effect::Nothing | Effect::Dump)
+        });
+        match effect {
+            Effect::Nothing => {
+                tracing::debug!(target: "lifecycle_hooks", %signal, "signal changes nothing now")
+            }
+            Effect::Started(reason) => self.started(reason, Some(signal)),
+            Effect::Quiet => {
+                tracing::info!(target: "lifecycle_hooks", %signal, "quiet: intake stops, still running");
+                self.shared.events.emit(Event::Quiet);
+            }
+            Effect::Absorbed => {
+                tracing::warn!(target: "lifecycle_hooks", %signal, "stop signal during a restart: still a restart");
+                self.shared.events.emit(Event::Absorbed { signal });
+            }
+            Effect::Escalated(Escalation::SkipToExit) => {
+                tracing::warn!(target: "lifecycle_hooks", %signal, "second signal: skipping to the exit hooks");
+                self.shared.events.emit(Event::Escalated { signal });
+            }
+            Effect::Escalated(_) => self.exit_now(signal),
+            Effect::Dump => self.dump_state(),
+        }
+    }
+
+    pub(crate) fn request(&self, reason: Reason, signal: Option<Signal>) {
+        let now = Instant::now();
+        let mut effect = Effect::Nothing;
+        self.shared.control.send_if_modified(|c| {
+            effect = c.request(reason, now);
+            effect != Effect::Nothing
+        });
+        if let Effect::Started(reason) = effect {
+            self.started(reason, signal);
+        }
+    }
+
+    fn started(&self, reason: Reason, signal: Option<Signal>) {
+        tracing::info!(
+            target: "lifecycle_hooks",
+            %reason,
+            signal = signal.map(Signal::name),
+            budget_ms = self.shared.config.budget.as_millis() as u64,
+            "stopping"
+        );
+        self.shared.events.emit(Event::Triggered { reason, signal });
+    }
+
+    fn exit_now(&self, signal: Signal) {
+        let code = 128 + signal.number();
+        tracing::error!(target: "lifecycle_hooks", %signal, exit_code = code, "third signal: exiting at once");
+        if self.shared.config.hard_exit {
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            std::process::exit(code);
+        }
+    }
+
+    /// Logs the current state (phase, in-flight work, pending hooks, time left) and emits it as
+    /// [`Event::StateDump`]. `SIGTTIN` does this by default.
+    pub fn dump_state(&self) {
+        let snapshot = self.snapshot();
+        tracing::info!(
+            target: "lifecycle_hooks",
+            phase = %snapshot.phase,
+            reason = snapshot.reason.map(Reason::as_str),
+            in_flight = snapshot.in_flight,
+            pending_hooks = ?snapshot.pending_hooks,
+            time_left_ms = snapshot.time_left.map(|d| d.as_millis() as u64),
+            "state"
+        );
+        self.shared.events.emit(Event::StateDump(snapshot));
+    }
+
+    /// The current state: phase, reason, in-flight work, pending hooks, time left.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            phase: self.phase(),
+            reason: self.reason(),
+            in_flight: self.in_flight(),
+            pending_hooks: self.shared.pending.lock().iter().flatten().cloned().collect(),
+            time_left: self.time_left(),
+        }
+    }
+
+    /// Why the lifecycle is stopping, once a trigger has arrived.
+    pub fn reason(&self) -> Option<Reason> {
+        self.shared.control.borrow().reason
+    }
+
+    /// Time left in the shutdown budget, once stopping.
+    pub fn time_left(&self) -> Option<Duration> {
+        let stop_at = self.shared.control.borrow().stop_at?;
+        Some((stop_at + self.shared.config.budget).saturating_duration_since(Instant::now()))
+    }
+
+    /// The phase the lifecycle is in.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase.borrow().clone()
+    }
+
+    /// A receiver that sees every phase change.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    /// Whether the service is ready: true while `running`, false from the stop on.
+    pub fn is_ready(&self) -> bool {
+        *self.shared.ready.borrow()
+    }
+
+    /// A receiver that sees every readiness change (for a `/ready` endpoint).
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.shared.ready.subscribe()
+    }
+
+    /// Every lifecycle event from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.shared.events.subscribe()
+    }
+
+    /// Tracked work in flight: spawned tasks, tracked futures and guards.
+    pub fn in_flight(&self) -> usize {
+        self.shared.tracker.len()
+    }
+
+    /// Completes when intake stops: job sources stop fetching, listeners stop accepting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; the returned future owns what it needs.
+    pub fn intake_stopped(&self) -> WaitForCancellationFutureOwned {
+        self.shared.intake.clone().cancelled_owned()
+    }
+
+    /// Whether intake has stopped.
+    pub fn is_intake_stopped(&self) -> bool {
+        self.shared.intake.is_cancelled()
+    }
+
+    /// Completes when the drain begins: long work should checkpoint and wrap up.
+    pub fn draining(&self) -> WaitForCancellationFutureOwned {
+        self.shared.drain.clone().cancelled_owned()
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.drain.is_cancelled()
+    }
+
+    /// Completes when remaining work is cancelled (the drain deadline passed, or a second signal
+    /// escalated): hand unfinished work back now.
+    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
+        self.shared.cancel.clone().cancelled_owned()
+    }
+
+    /// Whether remaining work has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// A token cancelled when intake stops (a child: cancelling it affects only itself).
+    pub fn intake_token(&self) -> CancellationToken {
+        self.shared.intake.child_token()
+    }
+
+    /// A token cancelled when the drain begins (a child: cancelling it affects only itself).
+    pub fn drain_token(&self) -> CancellationToken {
+        self.shared.drain.child_token()
+    }
+
+    /// A token cancelled when remaining work is cancelled (a child).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.shared.cancel.child_token()
+    }
+
+    /// Spawns tracked work: the exit phase waits for it.
+    ///
+    /// At the drain deadline the task is cancelled (its future is dropped at its next `.await`)
+    /// and the join handle yields `None`; otherwise `Some(output)`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime.
+    #[track_caller]
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let cancel = self.shared.cancel.clone();
+        self.shared.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                output = fut => Some(output),
+                _ = cancel.cancelled() => None,
+            }
+        })
+    }
+
+    /// Spawns tracked work whose failure stops the service: if it returns an error or panics,
+    /// the lifecycle stops with reason [`Reason::Failure`] and exit status 1.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime.
+    #[track_caller]
+    pub fn spawn_critical<F>(&self, name: impl Into<String>, fut: F) -> JoinHandle<Option<()>>
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoHookResult,
+    {
+        let name = name.into();
+        let handle = self.clone();
+        self.spawn(async move {
+            let result: Result<(), BoxError> =
+                match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(output) => output.into_hook_result(),
+                    Err(panic) => Err(crate::runtime::panic_message(&*panic).into()),
+                };
+            if let Err(error) = result {
+                handle.fail(format!(
+                    "critical task `{name}` failed: {}",
+                    error_chain(&*error)
+                ));
+            }
+        })
+    }
+
+    /// Tracks a future without spawning it: it counts as in-flight work until it completes or
+    /// is dropped.
+    pub fn track<F: Future>(&self, fut: F) -> TrackedFuture<F> {
+        self.shared.tracker.track_future(fut)
+    }
+
+    /// A guard that counts as one in-flight work item until dropped, for work that is not a
+    /// future (a message being processed by a callback, a request in another runtime).
+    pub fn work_guard(&self) -> WorkGuard {
+        WorkGuard {
+            _token: self.shared.tracker.token(),
+        }
+    }
+}
+
+/// One in-flight work item, for as long as it lives. See [`LifecycleHandle::work_guard`].
+#[derive(Debug)]
+#[must_use = "the work counts as in flight only while the guard lives"]
+pub struct WorkGuard {
+    _token: TaskTrackerToken,
+}

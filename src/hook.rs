@@ -1,0 +1,258 @@
+//! Hooks: named steps that run in a phase. See [`HookSpec`] and [`Hook`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::errors::BoxError;
+use crate::handle::LifecycleHandle;
+use crate::outcome::Reason;
+use crate::phase::Phase;
+
+/// Something that runs as a hook.
+///
+/// Any `Fn(HookContext) -> impl Future<Output = R>` with `R` either `()` or `Result<(), E>`
+/// (`E: Into<BoxError>`) is a `Hook`; the attribute macros build hooks from functions the same way.
+pub trait Hook: Send + Sync + 'static {
+    /// Starts one run of the hook.
+    fn run(&self, ctx: HookContext) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+impl<F, Fut, R> Hook for F
+where
+    F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoHookResult,
+{
+    fn run(&self, ctx: HookContext) -> BoxFuture<'static, Result<(), BoxError>> {
+        let fut = self(ctx);
+        Box::pin(async move { fut.await.into_hook_result() })
+    }
+}
+
+/// What a hook function may return: `()` or `Result<(), E>` with `E: Into<BoxError>`.
+pub trait IntoHookResult {
+    /// Turns the return value into the hook's result.
+    fn into_hook_result(self) -> Result<(), BoxError>;
+}
+
+impl IntoHookResult for () {
+    fn into_hook_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> IntoHookResult for Result<(), E> {
+    fn into_hook_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// A hook with its name, phase, ordering and timeout, ready to be added with
+/// [`Builder::hook`](crate::Builder::hook).
+///
+/// ```
+/// use std::time::Duration;
+/// use lifecycle_hooks::{HookSpec, Lifecycle, Phase};
+///
+/// let close = HookSpec::new(Phase::EXIT, "close_producer", |_ctx| async {
+///     Ok::<(), std::io::Error>(())
+/// })
+/// .after("flush_metrics")
+/// .timeout(Duration::from_secs(5));
+///
+/// let lifecycle = Lifecycle::builder()
+///     .hook(close)
+///     .on_exit("flush_metrics", |_ctx| async {})
+///     .build()
+///     .expect("a valid graph");
+/// # drop(lifecycle);
+/// ```
+#[derive(Clone)]
+#[must_use = "a HookSpec does nothing until it is passed to `Builder::hook`"]
+pub struct HookSpec {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) phase: Phase,
+    pub(crate) after: Vec<Cow<'static, str>>,
+    pub(crate) before: Vec<Cow<'static, str>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) teardown_of: Option<Cow<'static, str>>,
+    pub(crate) origin: Option<&'static str>,
+    pub(crate) hook: Arc<dyn Hook>,
+}
+
+impl HookSpec {
+    /// A hook named `name` that runs `hook` in `phase`.
+    pub fn new(
+        phase: impl Into<Phase>,
+        name: impl Into<Cow<'static, str>>,
+        hook: impl Hook,
+    ) -> Self {
+        HookSpec {
+            name: name.into(),
+            phase: phase.into(),
+            after: Vec::new(),
+            before: Vec::new(),
+            timeout: None,
+            teardown_of: None,
+            origin: None,
+            hook: Arc::new(hook),
+        }
+    }
+
+    /// Runs after the hook named `name` (same phase).
+    pub fn after(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.after.push(name.into());
+        self
+    }
+
+    /// Runs before the hook named `name` (same phase).
+    pub fn before(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.before.push(name.into());
+        self
+    }
+
+    /// Abandons the hook, reported as timed out, if it runs longer than `timeout`.
+    ///
+    /// The hook is also bounded by the shutdown budget, whichever ends first.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Pairs this teardown-side hook with the startup hook `startup`.
+    ///
+    /// If startup fails, only the teardowns of startup hooks that succeeded run (plus teardown
+    /// hooks paired with nothing), so nothing is closed that was never opened.
+    pub fn teardown_of(mut self, startup: impl Into<Cow<'static, str>>) -> Self {
+        self.teardown_of = Some(startup.into());
+        self
+    }
+
+    /// Marks where the hook was defined (the macros pass `module_path!()::name`).
+    ///
+    /// Two registrations with the same name and the same origin are the same hook, and it runs
+    /// once; the same name with different origins is a duplicate and `build()` rejects it.
+    pub fn origin(mut self, origin: &'static str) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The hook's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The phase the hook runs in.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+}
+
+impl fmt::Debug for HookSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookSpec")
+            .field("name", &self.name)
+            .field("phase", &self.phase)
+            .field("after", &self.after)
+            .field("before", &self.before)
+            .field("timeout", &self.timeout)
+            .field("teardown_of", &self.teardown_of)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a running hook knows: its phase and name, when it will be abandoned, and the lifecycle.
+#[derive(Clone, Debug)]
+pub struct HookContext {
+    pub(crate) phase: Phase,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) handle: LifecycleHandle,
+}
+
+impl HookContext {
+    /// The phase this hook runs in.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The hook's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When the hook will be abandoned, if it is bounded (by its timeout or by the budget).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// How long the hook has left, if it is bounded. A flush should use this as its timeout.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Why the lifecycle is stopping, once a trigger has arrived.
+    pub fn reason(&self) -> Option<Reason> {
+        self.handle.reason()
+    }
+
+    /// The lifecycle this hook belongs to.
+    pub fn handle(&self) -> &LifecycleHandle {
+        &self.handle
+    }
+}
+
+/// How one hook run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookResult {
+    /// It returned `Ok(())` or `()`.
+    Ok,
+    /// It returned an error; the message includes the error's sources.
+    Error(String),
+    /// It panicked; the panic message.
+    Panicked(String),
+    /// It ran past its timeout or the budget and was abandoned.
+    TimedOut,
+    /// It never ran: its phase was skipped (escalation, deadline, failed startup).
+    Skipped,
+    /// It was running when a second signal escalated the stop, and was abandoned.
+    Abandoned,
+}
+
+impl HookResult {
+    /// The short word used in events and example output: `ok`, `error`, `panicked`,
+    /// `timed_out`, `skipped` or `abandoned`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HookResult::Ok => "ok",
+            HookResult::Error(_) => "error",
+            HookResult::Panicked(_) => "panicked",
+            HookResult::TimedOut => "timed_out",
+            HookResult::Skipped => "skipped",
+            HookResult::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether this result makes the run a failure (error, panic or timeout).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            HookResult::Error(_) | HookResult::Panicked(_) | HookResult::TimedOut
+        )
+    }
+}
+
+impl fmt::Display for HookResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,264 @@
+//! The result of a run. See [`Outcome`].
+
+use std::fmt;
+use std::process::{ExitCode, Termination};
+use std::time::Duration;
+
+use crate::hook::HookResult;
+use crate::phase::Phase;
+use crate::signals::Signal;
+
+/// Why the lifecycle stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A graceful stop (`SIGTERM`, `SIGINT`, [`LifecycleHandle::stop`](crate::LifecycleHandle::stop)).
+    Stop,
+    /// A graceful restart (`SIGUSR2`, [`LifecycleHandle::restart`](crate::LifecycleHandle::restart)):
+    /// the same path as a stop, with its own exit status.
+    Restart,
+    /// A startup hook or a critical task failed.
+    Failure,
+}
+
+impl Reason {
+    /// `stop`, `restart` or `failure`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Stop => "stop",
+            Reason::Restart => "restart",
+            Reason::Failure => "failure",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The exit-status policy: which status each kind of ending gets.
+///
+/// | ending | default | systemd sees |
+/// |---|---|---|
+/// | clean stop | 0 | success |
+/// | clean restart | 4 | restart (`RestartForceExitStatus=4`), not a failure (`SuccessExitStatus=4`) |
+/// | a hook failed (error, panic, timeout), startup failed, a critical task failed | 1 | failure |
+/// | forced: work cancelled at the drain deadline, or escalated by a second signal | 2 | failure |
+/// | a third terminating signal | 128 + the signal's number | killed |
+///
+/// When several apply, the first row from the bottom wins: forced beats failure, failure beats
+/// restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitCodes {
+    /// A clean stop.
+    pub stop: u8,
+    /// A clean restart.
+    pub restart: u8,
+    /// A failure.
+    pub failure: u8,
+    /// A forced ending.
+    pub forced: u8,
+}
+
+impl Default for ExitCodes {
+    fn default() -> Self {
+        ExitCodes {
+            stop: 0,
+            restart: 4,
+            failure: 1,
+            forced: 2,
+        }
+    }
+}
+
+impl ExitCodes {
+    /// The status for an ending with this reason, failure and forcing.
+    pub fn status(&self, reason: Reason, failed: bool, forced: bool) -> u8 {
+        if forced {
+            self.forced
+        } else if failed || reason == Reason::Failure {
+            self.failure
+        } else if reason == Reason::Restart {
+            self.restart
+        } else {
+            self.stop
+        }
+    }
+}
+
+/// How a phase went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseStatus {
+    /// It ran to its end.
+    Completed,
+    /// It never began (escalation, deadline, failed startup, immediate exit).
+    Skipped,
+    /// It began but the run ended before it did (a third signal).
+    Interrupted,
+}
+
+/// The report of one phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseReport {
+    /// The phase.
+    pub phase: Phase,
+    /// How it went.
+    pub status: PhaseStatus,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The report of one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookReport {
+    /// Its phase.
+    pub phase: Phase,
+    /// Its name.
+    pub name: String,
+    /// How it ended.
+    pub result: HookResult,
+    /// How long it ran (zero if skipped).
+    pub elapsed: Duration,
+}
+
+/// Everything a run did: why it stopped, its exit status, and a report per phase and per hook.
+///
+/// `Outcome` implements [`Termination`], so `main` can return it and the process exits with
+/// [`exit_code`](Outcome::exit_code). Its `Display` is one `key=value` line.
+#[derive(Clone, Debug)]
+#[must_use = "the Outcome carries the exit status; return it from main or inspect it"]
+pub struct Outcome {
+    pub(crate) reason: Reason,
+    pub(crate) exit_code: u8,
+    pub(crate) forced: bool,
+    pub(crate) escalated: bool,
+    pub(crate) immediate: Option<Signal>,
+    pub(crate) phases: Vec<PhaseReport>,
+    pub(crate) hooks: Vec<HookReport>,
+    pub(crate) cancelled_work: usize,
+    pub(crate) abandoned_work: usize,
+    pub(crate) failures: Vec<String>,
+    pub(crate) stop_elapsed: Duration,
+}
+
+impl Outcome {
+    /// Why the lifecycle stopped.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The process exit status, by the [`ExitCodes`] policy.
+    pub fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
+
+    /// Whether work was cancelled at the deadline or a second signal escalated the stop.
+    pub fn forced(&self) -> bool {
+        self.forced
+    }
+
+    /// Whether a second terminating signal skipped to the exit hooks.
+    pub fn escalated(&self) -> bool {
+        self.escalated
+    }
+
+    /// The signal that ended the run at once (a third terminating signal), if any.
+    pub fn immediate(&self) -> Option<Signal> {
+        self.immediate
+    }
+
+    /// Whether the run was clean: not forced, nothing failed.
+    pub fn is_clean(&self) -> bool {
+        !self.forced && self.failures().is_empty() && self.reason != Reason::Failure
+    }
+
+    /// One report per phase, in graph order.
+    pub fn phases(&self) -> &[PhaseReport] {
+        &self.phases
+    }
+
+    /// One report per registered hook, in the order they ran (skipped hooks last).
+    pub fn hooks(&self) -> &[HookReport] {
+        &self.hooks
+    }
+
+    /// The report of the hook named `name`.
+    pub fn hook(&self, name: &str) -> Option<&HookReport> {
+        self.hooks.iter().find(|report| report.name == name)
+    }
+
+    /// The report of `phase`.
+    pub fn phase(&self, phase: &Phase) -> Option<&PhaseReport> {
+        self.phases.iter().find(|report| &report.phase == phase)
+    }
+
+    /// How many tracked work items were still running at the drain deadline and were cancelled.
+    pub fn cancelled_work(&self) -> usize {
+        self.cancelled_work
+    }
+
+    /// How many cancelled work items had still not ended when the exit phase began.
+    pub fn abandoned_work(&self) -> usize {
+        self.abandoned_work
+    }
+
+    /// What failed: hooks that erred, panicked or timed out, startup, critical tasks.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = self.failures.clone();
+        for hook in &self.hooks {
+            match &hook.result {
+                HookResult::Error(message) => out.push(format!(
+                    "hook `{}` ({}) failed: {message}",
+                    hook.name, hook.phase
+                )),
+                HookResult::Panicked(message) => out.push(format!(
+                    "hook `{}` ({}) panicked: {message}",
+                    hook.name, hook.phase
+                )),
+                HookResult::TimedOut => {
+                    out.push(format!("hook `{}` ({}) timed out", hook.name, hook.phase))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Time from the trigger to the end of the run.
+    pub fn stop_elapsed(&self) -> Duration {
+        self.stop_elapsed
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "reason={} exit_code={} forced={} cancelled_work={}",
+            self.reason, self.exit_code, self.forced, self.cancelled_work
+        )
+    }
+}
+
+impl Termination for Outcome {
+    fn report(self) -> ExitCode {
+        ExitCode::from(self.exit_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_precedence() {
+        let codes = ExitCodes::default();
+        assert_eq!(codes.status(Reason::Stop, false, false), 0);
+        assert_eq!(codes.status(Reason::Restart, false, false), 4);
+        assert_eq!(codes.status(Reason::Restart, true, false), 1);
+        assert_eq!(codes.status(Reason::Failure, false, false), 1);
+        assert_eq!(codes.status(Reason::Restart, true, true), 2);
+        assert_eq!(codes.status(Reason::Stop, false, true), 2);
+    }
+}

@@ -1,0 +1,109 @@
+//! Driving a lifecycle in tests without OS signals. See [`Recorder`] and [`builder`].
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::builder::Builder;
+use crate::event::Event;
+use crate::runtime::Lifecycle;
+use crate::signals::Signals;
+
+/// A builder for tests: no OS signal handlers, no hard exit, no systemd notifications.
+///
+/// Deliver signals with [`LifecycleHandle::trigger`](crate::LifecycleHandle::trigger); run under
+/// paused tokio time so deadlines are exact and instant.
+pub fn builder() -> Builder {
+    Lifecycle::builder()
+        .signals(Signals::none())
+        .hard_exit(false)
+        .systemd_notify(false)
+}
+
+/// Records every event in order, to assert on after (or during) a run.
+///
+/// ```
+/// use lifecycle_hooks::testing::{self, Recorder};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let recorder = Recorder::new();
+/// let lifecycle = testing::builder()
+///     .on_shutdown("announce", |_ctx| async {})
+///     .on_exit("close", |_ctx| async {})
+///     .observe(recorder.observer())
+///     .build()
+///     .unwrap();
+/// lifecycle.handle().stop();
+/// let outcome = lifecycle.run().await;
+/// assert_eq!(outcome.exit_code(), 0);
+/// let trace = recorder.trace();
+/// assert!(recorder.before("hook shutdown announce ok", "phase wait"));
+/// assert_eq!(trace.last().unwrap(), "finished stop 0");
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Recorder {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Recorder::default()
+    }
+
+    /// The observer to pass to [`Builder::observe`].
+    pub fn observer(&self) -> impl Fn(&Event) + Send + Sync + 'static + use<> {
+        let events = Arc::clone(&self.events);
+        move |event| events.lock().push(event.clone())
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().clone()
+    }
+
+    /// Every event so far as a short line: `phase drain`, `skipped wait`, `hook exit close ok`,
+    /// `ready`, `triggered restart`, `quiet`, `absorbed SIGTERM`, `escalated SIGTERM`,
+    /// `cancelled 3`, `finished stop 0`. Drain progress and state dumps are left out.
+    pub fn trace(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .iter()
+            .filter_map(|event| {
+                Some(match event {
+                    Event::PhaseStarted { phase } => format!("phase {phase}"),
+                    Event::PhaseSkipped { phase } => format!("skipped {phase}"),
+                    Event::HookFinished {
+                        phase,
+                        name,
+                        result,
+                        ..
+                    } => format!("hook {phase} {name} {result}"),
+                    Event::Ready => "ready".into(),
+                    Event::Triggered { reason, .. } => format!("triggered {reason}"),
+                    Event::Quiet => "quiet".into(),
+                    Event::Absorbed { signal } => format!("absorbed {signal}"),
+                    Event::Escalated { signal } => format!("escalated {signal}"),
+                    Event::WorkCancelled { count } => format!("cancelled {count}"),
+                    Event::Finished { reason, exit_code } => format!("finished {reason} {exit_code}"),
+                    _ => return None,
+                })
+            })
+            .collect()
+    }
+
+    /// Where `line` first appears in [`trace`](Self::trace).
+    pub fn position(&self, line: &str) -> Option<usize> {
+        self.trace().iter().position(|l| l == line)
+    }
+
+    /// Whether both lines appear in the trace and `first` comes before `second`.
+    pub fn before(&self, first: &str, second: &str) -> bool {
+        match (self.position(first), self.position(second)) {
+            (Some(a), Some(b)) => a < b,
+            _ => false,
+        }
+    }
+}
