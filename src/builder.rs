@@ -283,6 +283,8 @@ impl Builder {
                 notifier,
             },
             failures: Mutex::new(Vec::new()),
+            handed_back: Mutex::new(Vec::new()),
+            lost: Mutex::new(Vec::new()),
             pending: Mutex::new(pending),
         };
         Ok(Lifecycle::new(

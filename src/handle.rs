@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     /// Failures that are not hook results (critical tasks, startup); locked briefly, never across
     /// an await.
     pub(crate) failures: Mutex<Vec<String>>,
+    /// Work handed back by adapters (requeued jobs), then work that could not be handed back.
+    pub(crate) handed_back: Mutex<Vec<String>>,
+    pub(crate) lost: Mutex<Vec<String>>,
     /// Every hook in plan order as `phase/name`, emptied as each one reports: the pending hooks
     /// for state dumps.
     pub(crate) pending: Mutex<Vec<Option<String>>>,
@@ -191,6 +194,20 @@ impl LifecycleHandle {
             let _ = std::io::stderr().flush();
             std::process::exit(code);
         }
+    }
+
+    /// Records work an adapter handed back unfinished (a requeued job id): it appears in
+    /// [`Outcome::handed_back`](crate::Outcome::handed_back).
+    pub fn report_handed_back(&self, what: impl Into<String>) {
+        self.shared.handed_back.lock().push(what.into());
+    }
+
+    /// Records work that could neither finish nor be handed back (a job id whose requeue failed):
+    /// it appears in [`Outcome::lost`](crate::Outcome::lost) and makes the run a failure.
+    pub fn report_lost(&self, what: impl Into<String>) {
+        let what = what.into();
+        tracing::error!(target: "lifecycle_hooks", lost = %what, "work lost: neither finished nor handed back");
+        self.shared.lost.lock().push(what);
     }
 
     /// Logs the current state (phase, in-flight work, pending hooks, time left) and emits it as

@@ -139,6 +139,8 @@ pub struct Outcome {
     pub(crate) cancelled_work: usize,
     pub(crate) abandoned_work: usize,
     pub(crate) failures: Vec<String>,
+    pub(crate) handed_back: Vec<String>,
+    pub(crate) lost: Vec<String>,
     pub(crate) stop_elapsed: Duration,
 }
 
@@ -206,6 +208,7 @@ impl Outcome {
     /// What failed: hooks that erred, panicked or timed out, startup, critical tasks.
     pub fn failures(&self) -> Vec<String> {
         let mut out = self.failures.clone();
+        out.extend(self.lost.iter().map(|what| format!("lost: {what}")));
         for hook in &self.hooks {
             match &hook.result {
                 HookResult::Error(message) => out.push(format!(
@@ -223,6 +226,16 @@ impl Outcome {
             }
         }
         out
+    }
+
+    /// Work adapters handed back unfinished (requeued job ids), so nothing was lost.
+    pub fn handed_back(&self) -> &[String] {
+        &self.handed_back
+    }
+
+    /// Work that could neither finish nor be handed back; non-empty makes the run a failure.
+    pub fn lost(&self) -> &[String] {
+        &self.lost
     }
 
     /// Time from the trigger to the end of the run.

@@ -603,7 +603,8 @@ impl<'a> Runner<'a> {
         let control = shared.control.borrow().clone();
         let reason = control.reason.unwrap_or(Reason::Failure);
         let failed = self.hooks.iter().any(|h| h.result.is_failure())
-            || !shared.failures.lock().is_empty();
+            || !shared.failures.lock().is_empty()
+            || !shared.lost.lock().is_empty();
         let forced = self.forced || control.escalation != Escalation::None;
         let exit_code = match immediate {
             Some(signal) => (128 + signal.number()) as u8,
@@ -631,6 +632,8 @@ impl<'a> Runner<'a> {
             cancelled_work: self.cancelled_work,
             abandoned_work: self.abandoned_work,
             failures: shared.failures.lock().clone(),
+            handed_back: shared.handed_back.lock().clone(),
+            lost: shared.lost.lock().clone(),
             stop_elapsed,
         }
     }
