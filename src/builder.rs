@@ -16,7 +16,7 @@ use crate::errors::BuildError;
 use crate::event::{Event, EventHub, Observer};
 use crate::graph;
 use crate::handle::{Config, LifecycleHandle, Shared};
-use crate::hook::{Hook, HookContext, HookSpec, IntoHookResult};
+use crate::hook::{HookContext, HookSpec, IntoHookResult};
 use crate::notify::Notifier;
 use crate::outcome::ExitCodes;
 use crate::phase::{Builtin, Phase, PhaseSpec};
@@ -177,27 +177,47 @@ impl Builder {
 
     /// Adds a startup hook: runs in registration order before the service is ready.
     #[track_caller]
-    pub fn on_startup(self, name: impl Into<Cow<'static, str>>, hook: impl Hook) -> Self {
-        self.hook(HookSpec::new(Phase::STARTUP, name, hook))
+    pub fn on_startup<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHookResult,
+    {
+        self.on_phase(Phase::STARTUP, name, hook)
     }
 
     /// Adds a stop-intake hook: runs when intake stops (stop accepting, stop fetching).
     #[track_caller]
-    pub fn on_stop_intake(self, name: impl Into<Cow<'static, str>>, hook: impl Hook) -> Self {
-        self.hook(HookSpec::new(Phase::STOP_INTAKE, name, hook))
+    pub fn on_stop_intake<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHookResult,
+    {
+        self.on_phase(Phase::STOP_INTAKE, name, hook)
     }
 
     /// Adds a shutdown hook: runs while work may still be in flight (Sidekiq's `:shutdown`).
     #[track_caller]
-    pub fn on_shutdown(self, name: impl Into<Cow<'static, str>>, hook: impl Hook) -> Self {
-        self.hook(HookSpec::new(Phase::SHUTDOWN, name, hook))
+    pub fn on_shutdown<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHookResult,
+    {
+        self.on_phase(Phase::SHUTDOWN, name, hook)
     }
 
     /// Adds an exit hook: runs after all work has ended (Sidekiq's `:exit`). Close producers and
     /// flush telemetry here.
     #[track_caller]
-    pub fn on_exit(self, name: impl Into<Cow<'static, str>>, hook: impl Hook) -> Self {
-        self.hook(HookSpec::new(Phase::EXIT, name, hook))
+    pub fn on_exit<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHookResult,
+    {
+        self.on_phase(Phase::EXIT, name, hook)
     }
 
     /// Runs the hooks of `phase` that do not depend on each other concurrently, level by level.
@@ -261,7 +281,11 @@ impl Builder {
         let pending = plan
             .phases
             .iter()
-            .flat_map(|p| p.hooks.iter().map(move |h| Some(format!("{}/{}", p.phase, h.name))))
+            .flat_map(|p| {
+                p.hooks
+                    .iter()
+                    .map(move |h| Some(format!("{}/{}", p.phase, h.name)))
+            })
             .collect();
         let shared = Shared {
             control: watch::Sender::new(Control::new()),
@@ -299,8 +323,12 @@ impl Builder {
 /// Orders built-in and custom phases into one sequence.
 fn order_phases(custom: &[PhaseSpec]) -> Result<Vec<Phase>, BuildError> {
     let mut phases: Vec<Phase> = Phase::BUILTIN.to_vec();
-    let mut index: HashMap<Phase, usize> =
-        phases.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
+    let mut index: HashMap<Phase, usize> = phases
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, p)| (p, i))
+        .collect();
     for spec in custom {
         if index.contains_key(&spec.phase) {
             return Err(BuildError::DuplicatePhase(spec.phase.to_string()));

@@ -33,6 +33,8 @@ pub(crate) struct Control {
     pub(crate) stop_at: Option<Instant>,
     pub(crate) quiet: bool,
     pub(crate) escalation: Escalation,
+    /// The signal that started the stop, if a signal did.
+    pub(crate) signal: Option<Signal>,
     absorbed_stop: bool,
 }
 
@@ -54,6 +56,7 @@ impl Control {
             stop_at: None,
             quiet: false,
             escalation: Escalation::None,
+            signal: None,
             absorbed_stop: false,
         }
     }
@@ -86,6 +89,7 @@ impl Control {
             Action::Restart => Reason::Restart,
         };
         if self.reason.is_none() {
+            self.signal = Some(signal);
             return self.request(reason, now);
         }
         if self.reason == Some(Reason::Restart) && reason == Reason::Stop && !self.absorbed_stop {
@@ -177,7 +181,10 @@ mod tests {
             Effect::Started(Reason::Stop)
         );
         assert!(c.quiet);
-        assert_eq!(signal(&mut c, Signal::Ttin, Action::DumpState), Effect::Dump);
+        assert_eq!(
+            signal(&mut c, Signal::Ttin, Action::DumpState),
+            Effect::Dump
+        );
         assert!(!c.escalated());
     }
 }

@@ -24,7 +24,9 @@ pub enum BuildError {
         second: String,
     },
     /// A custom phase was declared twice, or a built-in phase was redeclared.
-    #[error("phase `{0}` is declared twice; declare each custom phase once (built-in phases need no declaration)")]
+    #[error(
+        "phase `{0}` is declared twice; declare each custom phase once (built-in phases need no declaration)"
+    )]
     DuplicatePhase(String),
     /// A hook is ordered after or before a hook that is not registered.
     #[error(

@@ -43,7 +43,9 @@ pub(crate) fn order(
     }
     // Every node left over still has a predecessor that is left over, so walking predecessors
     // from any of them must revisit a node: that loop is a cycle.
-    let start = (0..n).find(|&v| indegree[v] > 0).expect("a node is left over");
+    let start = (0..n)
+        .find(|&v| indegree[v] > 0)
+        .expect("a node is left over");
     let mut seen = vec![usize::MAX; n];
     let mut path = Vec::new();
     let mut v = start;

@@ -103,22 +103,20 @@ impl LifecycleHandle {
     /// Requests a graceful stop (exit status 0 when clean). Idempotent: calling it again, from
     /// any number of tasks, does nothing more; only signals escalate.
     pub fn stop(&self) {
-        self.request(Reason::Stop, None);
+        self.request(Reason::Stop);
     }
 
     /// Requests a graceful restart: the same path as [`stop`](Self::stop), exit status 4 when
     /// clean. If a stop is already under way, its reason stays.
     pub fn restart(&self) {
-        self.request(Reason::Restart, None);
+        self.request(Reason::Restart);
     }
 
     /// Stops intake and keeps running until [`stop`](Self::stop) or [`restart`](Self::restart).
     pub fn quiet(&self) {
-        let effect = self.shared.control.send_if_modified(|c| c.quiet() != Effect::Nothing);
-        if effect {
-            tracing::info!(target: "lifecycle_hooks", "quiet: intake stops, still running");
-            self.shared.events.emit(Event::Quiet);
-        }
+        self.shared
+            .control
+            .send_if_modified(|c| c.quiet() != Effect::Nothing);
     }
 
     /// Reports a failure and requests a stop with reason [`Reason::Failure`] (exit status 1).
@@ -126,7 +124,7 @@ impl LifecycleHandle {
         let what = what.into();
         tracing::error!(target: "lifecycle_hooks", failure = %what, "failure: stopping");
         self.shared.failures.lock().push(what);
-        self.request(Reason::Failure, None);
+        self.request(Reason::Failure);
     }
 
     /// Delivers `signal` as if the OS had: the same path real signals take, with escalation.
@@ -142,13 +140,10 @@ impl LifecycleHandle {
             !matches!(effect, Effect::Nothing | Effect::Dump)
         });
         match effect {
+            // The runner announces starts and quiet itself, so they are ordered with its phases.
+            Effect::Started(_) | Effect::Quiet => {}
             Effect::Nothing => {
                 tracing::debug!(target: "lifecycle_hooks", %signal, "signal changes nothing now")
-            }
-            Effect::Started(reason) => self.started(reason, Some(signal)),
-            Effect::Quiet => {
-                tracing::info!(target: "lifecycle_hooks", %signal, "quiet: intake stops, still running");
-                self.shared.events.emit(Event::Quiet);
             }
             Effect::Absorbed => {
                 tracing::warn!(target: "lifecycle_hooks", %signal, "stop signal during a restart: still a restart");
@@ -163,27 +158,11 @@ impl LifecycleHandle {
         }
     }
 
-    pub(crate) fn request(&self, reason: Reason, signal: Option<Signal>) {
+    pub(crate) fn request(&self, reason: Reason) {
         let now = Instant::now();
-        let mut effect = Effect::Nothing;
-        self.shared.control.send_if_modified(|c| {
-            effect = c.request(reason, now);
-            effect != Effect::Nothing
-        });
-        if let Effect::Started(reason) = effect {
-            self.started(reason, signal);
-        }
-    }
-
-    fn started(&self, reason: Reason, signal: Option<Signal>) {
-        tracing::info!(
-            target: "lifecycle_hooks",
-            %reason,
-            signal = signal.map(Signal::name),
-            budget_ms = self.shared.config.budget.as_millis() as u64,
-            "stopping"
-        );
-        self.shared.events.emit(Event::Triggered { reason, signal });
+        self.shared
+            .control
+            .send_if_modified(|c| c.request(reason, now) != Effect::Nothing);
     }
 
     fn exit_now(&self, signal: Signal) {
@@ -232,7 +211,14 @@ impl LifecycleHandle {
             phase: self.phase(),
             reason: self.reason(),
             in_flight: self.in_flight(),
-            pending_hooks: self.shared.pending.lock().iter().flatten().cloned().collect(),
+            pending_hooks: self
+                .shared
+                .pending
+                .lock()
+                .iter()
+                .flatten()
+                .cloned()
+                .collect(),
             time_left: self.time_left(),
         }
     }

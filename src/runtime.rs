@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::join_all;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::builder::Builder;
-use crate::control::Escalation;
+use crate::control::{Control, Escalation};
 use crate::errors::error_chain;
 use crate::event::Event;
 use crate::handle::{LifecycleHandle, Shared};
@@ -193,6 +194,9 @@ struct Runner<'a> {
     /// Startup hooks that succeeded, for teardown after a failed startup.
     started: HashSet<Cow<'static, str>>,
     startup_failed: bool,
+    /// Whether the trigger and quiet have been announced (logged and emitted).
+    announced: bool,
+    quiet_announced: bool,
     settled: bool,
     forced: bool,
     cancelled_work: usize,
@@ -212,6 +216,8 @@ impl<'a> Runner<'a> {
             current: None,
             started: HashSet::new(),
             startup_failed: false,
+            announced: false,
+            quiet_announced: false,
             settled: false,
             forced: false,
             cancelled_work: 0,
@@ -232,13 +238,15 @@ impl<'a> Runner<'a> {
         if self.startup_failed || self.shared.control.borrow().escalated() {
             if self.startup_failed {
                 self.shared.failures.lock().push("startup failed".into());
-                self.handle.request(Reason::Failure, None);
+                self.handle.request(Reason::Failure);
             }
+            self.announce();
             for index in plan.running..plan.exit_side {
                 self.skip_phase(index);
             }
         } else {
             if stop_before_ready {
+                self.announce();
                 self.skip_phase(plan.running);
             } else {
                 self.run_phase(plan.running).await;
@@ -254,6 +262,30 @@ impl<'a> Runner<'a> {
         self.settle().await;
         for index in plan.exit_side..plan.phases.len() {
             self.run_phase(index).await;
+        }
+    }
+
+    /// Logs and emits the trigger (and quiet) once, in order with the phases.
+    fn announce(&mut self) {
+        let control = self.shared.control.borrow().clone();
+        if control.quiet && !self.quiet_announced {
+            self.quiet_announced = true;
+            tracing::info!(target: "lifecycle_hooks", "quiet: intake stops, still running");
+            self.shared.events.emit(Event::Quiet);
+        }
+        if let (Some(reason), false) = (control.reason, self.announced) {
+            self.announced = true;
+            tracing::info!(
+                target: "lifecycle_hooks",
+                %reason,
+                signal = control.signal.map(Signal::name),
+                budget_ms = self.shared.config.budget.as_millis() as u64,
+                "stopping"
+            );
+            self.shared.events.emit(Event::Triggered {
+                reason,
+                signal: control.signal,
+            });
         }
     }
 
@@ -309,7 +341,13 @@ impl<'a> Runner<'a> {
         });
         let first = self.first_hook(index);
         for (offset, hook) in planned.hooks.iter().enumerate() {
-            self.record(first + offset, &planned.phase, hook, HookResult::Skipped, Duration::ZERO);
+            self.record(
+                first + offset,
+                &planned.phase,
+                hook,
+                HookResult::Skipped,
+                Duration::ZERO,
+            );
         }
         self.phases[index] = Some(PhaseReport {
             phase: planned.phase.clone(),
@@ -319,7 +357,10 @@ impl<'a> Runner<'a> {
     }
 
     fn first_hook(&self, index: usize) -> usize {
-        self.plan.phases[..index].iter().map(|p| p.hooks.len()).sum()
+        self.plan.phases[..index]
+            .iter()
+            .map(|p| p.hooks.len())
+            .sum()
     }
 
     async fn run_phase(&mut self, index: usize) {
@@ -334,6 +375,7 @@ impl<'a> Runner<'a> {
                 self.run_hooks(index).await;
                 let mut control = shared.control.subscribe();
                 let _ = control.wait_for(|c| c.reason.is_some() || c.quiet).await;
+                self.announce();
             }
             Some(Builtin::StopIntake) => {
                 shared.ready.send_replace(false);
@@ -350,6 +392,7 @@ impl<'a> Runner<'a> {
                 if shared.control.borrow().reason.is_none() {
                     let mut control = shared.control.subscribe();
                     let _ = control.wait_for(|c| c.reason.is_some()).await;
+                    self.announce();
                 }
             }
             Some(Builtin::Drain) => {
@@ -419,7 +462,9 @@ impl<'a> Runner<'a> {
         shared.cancel.cancel();
         shared.events.emit(Event::WorkCancelled { count });
         let grace_end = Instant::now() + shared.config.grace;
-        let limit = self.end_of_budget().map_or(grace_end, |end| end.min(grace_end));
+        let limit = self
+            .end_of_budget()
+            .map_or(grace_end, |end| end.min(grace_end));
         tokio::select! {
             () = shared.tracker.wait() => {}
             () = sleep_until(limit) => {}
@@ -446,7 +491,10 @@ impl<'a> Runner<'a> {
             // One hook at a time, or a whole dependency level when the phase is concurrent.
             let end = if planned.concurrent {
                 let level = planned.hooks[at].level;
-                at + planned.hooks[at..].iter().take_while(|h| h.level == level).count()
+                at + planned.hooks[at..]
+                    .iter()
+                    .take_while(|h| h.level == level)
+                    .count()
             } else {
                 at + 1
             };
@@ -454,13 +502,24 @@ impl<'a> Runner<'a> {
             let skip = self.startup_failed && index < self.plan.running
                 || bound == Bound::Escalation && self.shared.control.borrow().escalated()
                 || bound == Bound::Drain && self.cut_off()
-                || bound == Bound::Exit && self.end_of_budget().is_some_and(|e| Instant::now() >= e);
+                || bound == Bound::Exit
+                    && self.end_of_budget().is_some_and(|e| Instant::now() >= e);
             let results: Vec<(HookResult, Duration)> = if skip {
-                batch.iter().map(|_| (HookResult::Skipped, Duration::ZERO)).collect()
+                batch
+                    .iter()
+                    .map(|_| (HookResult::Skipped, Duration::ZERO))
+                    .collect()
             } else {
                 let runs = batch.iter().map(|hook| {
-                    if self.startup_failed && hook.teardown_of.as_ref().is_some_and(|s| !self.started.contains(s)) {
-                        futures::future::Either::Left(async { (HookResult::Skipped, Duration::ZERO) })
+                    if self.startup_failed
+                        && hook
+                            .teardown_of
+                            .as_ref()
+                            .is_some_and(|s| !self.started.contains(s))
+                    {
+                        futures::future::Either::Left(async {
+                            (HookResult::Skipped, Duration::ZERO)
+                        })
                     } else {
                         futures::future::Either::Right(self.run_hook(&planned.phase, hook, bound))
                     }
@@ -505,7 +564,12 @@ impl<'a> Runner<'a> {
             handle: self.handle.clone(),
         };
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| hook.hook.run(ctx)));
-        let interrupted = interrupted_by(self.shared, bound, self.drain_deadline(), self.end_of_budget());
+        let interrupted = interrupted_by(
+            self.shared,
+            bound,
+            self.drain_deadline(),
+            self.end_of_budget(),
+        );
         async move {
             let result = match started {
                 Err(panic) => HookResult::Panicked(panic_message(&*panic)),
@@ -652,7 +716,7 @@ fn interrupted_by(
     async move {
         match bound {
             Bound::Escalation => {
-                let _ = control.wait_for(|c| c.escalated()).await;
+                wait_control(&mut control, |c| c.escalated().then_some(())).await;
                 HookResult::Abandoned
             }
             Bound::Drain => {
@@ -660,30 +724,43 @@ fn interrupted_by(
                 let deadline = async {
                     let stop_at = match drain_deadline {
                         Some(deadline) => deadline - budget_to_drain,
-                        None => match control.wait_for(|c| c.stop_at.is_some()).await {
-                            Ok(c) => c.stop_at.expect("waited for it"),
-                            Err(_) => pending().await,
-                        },
+                        None => wait_control(&mut control, |c| c.stop_at).await,
                     };
                     sleep_until(stop_at + budget_to_drain).await;
                 };
                 tokio::select! {
                     () = deadline => HookResult::TimedOut,
-                    _ = escalation.wait_for(|c| c.escalated()) => HookResult::Abandoned,
+                    () = wait_control(&mut escalation, |c| c.escalated().then_some(())) => {
+                        HookResult::Abandoned
+                    }
                 }
             }
             Bound::Exit => {
                 let end = match end_of_budget {
                     Some(end) => end,
-                    None => match control.wait_for(|c| c.stop_at.is_some()).await {
-                        Ok(c) => c.stop_at.expect("waited for it") + budget,
-                        Err(_) => pending().await,
-                    },
+                    None => wait_control(&mut control, |c| c.stop_at).await + budget,
                 };
                 sleep_until(end).await;
                 HookResult::TimedOut
             }
         }
+    }
+}
+
+/// Waits until `read` finds something in the control state and returns it; pends forever if the
+/// lifecycle is gone (nothing can change any more).
+async fn wait_control<T>(
+    control: &mut watch::Receiver<Control>,
+    read: impl Fn(&Control) -> Option<T>,
+) -> T {
+    let found = control
+        .wait_for(|c| read(c).is_some())
+        .await
+        .ok()
+        .and_then(|c| read(&c));
+    match found {
+        Some(value) => value,
+        None => pending().await,
     }
 }
 
@@ -697,15 +774,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// Completes with the signal once a third terminating signal asks to end at once.
 async fn immediate(shared: &Shared) -> Signal {
     let mut control = shared.control.subscribe();
-    let signal = match control.wait_for(|c| matches!(c.escalation, Escalation::Immediate(_))).await
-    {
-        Ok(c) => match c.escalation {
-            Escalation::Immediate(signal) => signal,
-            _ => unreachable!("waited for it"),
-        },
-        Err(_) => pending().await,
-    };
-    signal
+    wait_control(&mut control, |c| match c.escalation {
+        Escalation::Immediate(signal) => Some(signal),
+        _ => None,
+    })
+    .await
 }
 
 /// The message of a caught panic.

@@ -87,7 +87,9 @@ impl Recorder {
                     Event::Absorbed { signal } => format!("absorbed {signal}"),
                     Event::Escalated { signal } => format!("escalated {signal}"),
                     Event::WorkCancelled { count } => format!("cancelled {count}"),
-                    Event::Finished { reason, exit_code } => format!("finished {reason} {exit_code}"),
+                    Event::Finished { reason, exit_code } => {
+                        format!("finished {reason} {exit_code}")
+                    }
                     _ => return None,
                 })
             })
