@@ -20,9 +20,9 @@
 //! Try: `cargo run --example 01_phase_tour`, then `kill -TERM <pid>` (or `-USR2`, `-TSTP`, twice
 //! `-TERM` with `--hook-ms 60000`, or `--work-ms 60000 --shutdown-timeout-ms 2000`).
 //! Flags: `--work-ms N` (default 200), `--hook-ms N` (the shutdown hook, default 50),
-//! `--shutdown-timeout-ms N` (default 25000).
+//! `--exit-hook-ms N` (the exit hook, default 0), `--shutdown-timeout-ms N` (default 25000).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use lifecycle_hooks::{Event, Lifecycle, Outcome};
@@ -48,6 +48,7 @@ fn flag(args: &[String], name: &str, default: u64) -> u64 {
 async fn main() -> Outcome {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "lifecycle_hooks=info".into()),
@@ -56,6 +57,7 @@ async fn main() -> Outcome {
     let args: Vec<String> = std::env::args().collect();
     let work = Duration::from_millis(flag(&args, "--work-ms", 200));
     let hook = Duration::from_millis(flag(&args, "--hook-ms", 50));
+    let exit_hook = Duration::from_millis(flag(&args, "--exit-hook-ms", 0));
     let budget = Duration::from_millis(flag(&args, "--shutdown-timeout-ms", 25_000));
 
     let lifecycle = Lifecycle::builder()
@@ -65,7 +67,9 @@ async fn main() -> Outcome {
         .on_shutdown("announce", move |_ctx| async move {
             tokio::time::sleep(hook).await;
         })
-        .on_exit("close_producer", |_ctx| async {})
+        .on_exit("close_producer", move |_ctx| async move {
+            tokio::time::sleep(exit_hook).await;
+        })
         .observe(|event| match event {
             Event::PhaseStarted { phase } => say(format_args!("phase {phase}")),
             Event::HookFinished {

@@ -135,9 +135,16 @@ impl LifecycleHandle {
         };
         let now = Instant::now();
         let mut effect = Effect::Nothing;
+        let hard_exit = self.shared.config.hard_exit;
         self.shared.control.send_if_modified(|c| {
             effect = c.signal(signal, action, now);
-            !matches!(effect, Effect::Nothing | Effect::Dump)
+            match effect {
+                Effect::Nothing | Effect::Dump => false,
+                // Exiting the process: don't wake the runner, which would race us to print an
+                // outcome that never happens.
+                Effect::Escalated(Escalation::Immediate(_)) => !hard_exit,
+                _ => true,
+            }
         });
         match effect {
             // The runner announces starts and quiet itself, so they are ordered with its phases.

@@ -38,6 +38,7 @@ pub use lifecycle_hooks_macros::{hook, on_exit, on_shutdown, on_startup, on_stop
 #[doc(hidden)]
 #[cfg(feature = "macros")]
 pub mod __private {
+    pub use crate::__lifecycle_hooks_register as register;
     pub use crate::registry::{HOOKS, MacroHook, Registration, hook_result};
     pub use linkme;
     pub use std::{vec, vec::Vec};

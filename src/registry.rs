@@ -103,6 +103,27 @@ impl Builder {
     }
 }
 
+/// Adds a hook to [`HOOKS`]; the attribute macros expand to it unless `global = false`.
+///
+/// A `macro_rules!` rather than generated tokens, so that every linkme path is a `$crate` path.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lifecycle_hooks_register {
+    ($hook:ident, $function:literal) => {
+        const _: () = {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::HOOKS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            static REGISTRATION: $crate::__private::Registration =
+                $crate::__private::Registration {
+                    module: ::core::module_path!(),
+                    line: ::core::line!(),
+                    function: $function,
+                    spec: <$hook as $crate::__private::MacroHook>::spec,
+                };
+        };
+    };
+}
+
 /// The hooks declared by functions marked with a hook attribute, as a `Vec<HookSpec>` for
 /// [`Builder::hooks`].
 ///

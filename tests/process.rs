@@ -1,0 +1,299 @@
+//! Process tests: run the real `01_phase_tour` binary, send it real signals, read what it prints
+//! and how it exits.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single expected line may take before the test fails (a generous bound, not a
+/// synchronization: every wait below ends as soon as the line arrives).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn example_binary() -> PathBuf {
+    // target/debug/deps/process-<hash> -> target/debug/examples/01_phase_tour
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let binary = dir.join("01_phase_tour");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/01_phase_tour.rs");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    // `cargo test --all-targets` builds the example first; a narrower run may leave it stale.
+    if modified(&binary) < modified(&source) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "01_phase_tour"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the example failed");
+    }
+    binary
+}
+
+struct Tour {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Tour {
+    fn start(args: &[&str]) -> Tour {
+        Tour::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Tour {
+        let mut command = Command::new(example_binary());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "lifecycle_hooks=info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tour = Tour {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        tour.expect(|l| l.starts_with("ready pid="));
+        tour
+    }
+
+    /// Reads lines until one matches; panics if the output ends or stalls first.
+    fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(error) => panic!("no expected line ({error}); saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Reads the rest of the output and the exit status.
+    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus) {
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        let status = self.child.wait().unwrap();
+        (self.seen, status)
+    }
+}
+
+fn position(lines: &[String], line: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("`{line}` missing from {lines:#?}"))
+}
+
+fn last_position(lines: &[String], prefix: &str) -> usize {
+    lines
+        .iter()
+        .rposition(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:#?}"))
+}
+
+fn assert_graceful(lines: &[String]) {
+    let phases: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("phase "))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "startup",
+            "running",
+            "stop_intake",
+            "drain",
+            "shutdown",
+            "wait",
+            "exit"
+        ]
+    );
+    let shutdown_hook = position(lines, "hook shutdown announce ok");
+    let last_work = last_position(lines, "work done ");
+    let exit_hook = position(lines, "hook exit close_producer ok");
+    assert!(
+        shutdown_hook < last_work,
+        "shutdown hook ends while work is in flight"
+    );
+    assert!(last_work < exit_hook, "exit hook runs after all work");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("work done ")).count(),
+        3
+    );
+}
+
+#[test]
+fn term_runs_every_phase_in_order_and_exits_0() {
+    let tour = Tour::start(&[]);
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert_graceful(&lines);
+    assert_eq!(
+        lines.last().unwrap(),
+        "summary reason=stop exit_code=0 forced=false"
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn usr2_runs_the_same_stop_and_exits_4() {
+    let tour = Tour::start(&[]);
+    tour.signal(Signal::SIGUSR2);
+    let (lines, status) = tour.finish();
+    assert_graceful(&lines);
+    assert_eq!(
+        lines.last().unwrap(),
+        "summary reason=restart exit_code=4 forced=false"
+    );
+    assert_eq!(status.code(), Some(4));
+}
+
+#[test]
+fn tstp_quiets_and_keeps_running_until_term() {
+    let mut tour = Tour::start(&[]);
+    tour.signal(Signal::SIGTSTP);
+    tour.expect(|l| l == "hook stop_intake close_listener ok");
+    // Still running a second later: no further line, no exit.
+    match tour.lines.recv_timeout(Duration::from_secs(1)) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {}
+        other => panic!("quiet must keep running and print nothing more, got {other:?}"),
+    }
+    assert!(tour.child.try_wait().unwrap().is_none(), "still running");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert_graceful(&lines);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_second_term_while_the_shutdown_hook_hangs_runs_exit_hooks_and_exits_2() {
+    let mut tour = Tour::start(&["--hook-ms", "600000"]);
+    tour.signal(Signal::SIGTERM);
+    tour.expect(|l| l == "phase shutdown");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert!(position(&lines, "hook shutdown announce abandoned") < position(&lines, "phase exit"));
+    position(&lines, "hook exit close_producer ok");
+    assert!(!lines.iter().any(|l| l == "phase wait"), "wait is skipped");
+    assert_eq!(
+        lines.last().unwrap(),
+        "summary reason=stop exit_code=2 forced=true"
+    );
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn a_third_term_exits_at_once_with_128_plus_signo() {
+    let mut tour = Tour::start(&["--hook-ms", "600000", "--exit-hook-ms", "600000"]);
+    tour.signal(Signal::SIGTERM);
+    tour.expect(|l| l == "phase shutdown");
+    tour.signal(Signal::SIGTERM);
+    tour.expect(|l| l == "phase exit");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert!(!lines.iter().any(|l| l.starts_with("summary")));
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(status.signal(), None, "it exited, it was not killed");
+}
+
+#[test]
+fn work_longer_than_the_budget_is_cancelled_and_exits_2_within_the_budget() {
+    let tour = Tour::start(&["--work-ms", "600000", "--shutdown-timeout-ms", "1000"]);
+    let sent = Instant::now();
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    let took = sent.elapsed();
+    assert!(!lines.iter().any(|l| l.starts_with("work done")));
+    position(&lines, "hook exit close_producer ok");
+    assert_eq!(
+        lines.last().unwrap(),
+        "summary reason=stop exit_code=2 forced=true"
+    );
+    assert_eq!(status.code(), Some(2));
+    assert!(took < Duration::from_millis(1000 + 1500), "took {took:?}");
+}
+
+#[test]
+fn systemd_hears_ready_then_stopping() {
+    let dir = std::env::temp_dir().join(format!("lh-process-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let tour = Tour::start_with(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    tour.signal(Signal::SIGTERM);
+    let (_, status) = tour.finish();
+    assert_eq!(status.code(), Some(0));
+    let mut states = Vec::new();
+    let mut buf = [0u8; 256];
+    socket.set_nonblocking(true).unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        states.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let ready = states
+        .iter()
+        .position(|s| s == "READY=1")
+        .expect("READY=1 sent");
+    let stopping = states
+        .iter()
+        .position(|s| s == "STOPPING=1")
+        .expect("STOPPING=1 sent");
+    assert!(ready < stopping, "{states:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ttin_dumps_state_to_the_log_and_keeps_running() {
+    let mut tour = Tour::start(&[]);
+    let stderr = tour.child.stderr.take().unwrap();
+    let (tx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tour.signal(Signal::SIGTTIN);
+    let dump = loop {
+        let line = log.recv_timeout(PATIENCE).expect("a state dump on stderr");
+        if line.contains("pending_hooks") {
+            break line;
+        }
+    };
+    assert!(dump.contains("phase=running"), "{dump}");
+    assert!(dump.contains("in_flight=3"), "{dump}");
+    assert!(dump.contains("exit/close_producer"), "{dump}");
+    tour.signal(Signal::SIGTERM);
+    let (_, status) = tour.finish();
+    assert_eq!(status.code(), Some(0));
+}
