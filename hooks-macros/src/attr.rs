@@ -294,7 +294,12 @@ fn set(args: &mut Args, key: Key, value: Expr) -> syn::Result<()> {
     let wrong_shape = |value: &Expr| {
         syn::Error::new_spanned(
             value,
-            format!("`{}` takes {}: `{}`", key.as_str(), shape(key), key.example()),
+            format!(
+                "`{}` takes {}: `{}`",
+                key.as_str(),
+                shape(key),
+                key.example()
+            ),
         )
     };
     match key {
@@ -341,8 +346,9 @@ fn set(args: &mut Args, key: Key, value: Expr) -> syn::Result<()> {
         }
         Key::Timeout => {
             let lit = string(&value).ok_or_else(|| wrong_shape(&value))?;
-            let timeout = duration::parse(&lit.value())
-                .map_err(|message| syn::Error::new(lit.span(), format!("bad `timeout`: {message}")))?;
+            let timeout = duration::parse(&lit.value()).map_err(|message| {
+                syn::Error::new(lit.span(), format!("bad `timeout`: {message}"))
+            })?;
             if timeout.is_zero() {
                 return Err(syn::Error::new(
                     lit.span(),
@@ -449,9 +455,16 @@ mod tests {
     fn every_key() {
         let args = ok(
             Attr::Hook,
-            quote!(phase = "flush", name = "n", after = [a, "b-c"], before = d,
-                   timeout = "1m30s", teardown_of = open, global = false,
-                   crate = "::my::lh",),
+            quote!(
+                phase = "flush",
+                name = "n",
+                after = [a, "b-c"],
+                before = d,
+                timeout = "1m30s",
+                teardown_of = open,
+                global = false,
+                crate = "::my::lh",
+            ),
         );
         assert_eq!(args.phase.unwrap().value(), "flush");
         assert_eq!(args.name.unwrap().value(), "n");

@@ -20,7 +20,8 @@ const UNITS: &[(&str, u128)] = &[
 ];
 
 /// What a duration looks like, for error messages.
-pub(crate) const EXAMPLES: &str = "like \"5s\", \"250ms\", \"1m30s\" or \"1.5s\" (units: ns, us, ms, s, m, h)";
+pub(crate) const EXAMPLES: &str =
+    "like \"5s\", \"250ms\", \"1m30s\" or \"1.5s\" (units: ns, us, ms, s, m, h)";
 
 /// Parses a human duration: one or more `<number><unit>` parts (`"5s"`, `"5 s"`), optionally
 /// separated by spaces, added up. A number may have a fractional part; the total is truncated to whole nanoseconds.
@@ -115,7 +116,10 @@ mod tests {
     fn compound_and_fractional() {
         assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse(" 1h 1m 1s 1ms "), Ok(Duration::from_millis(3_661_001)));
+        assert_eq!(
+            parse(" 1h 1m 1s 1ms "),
+            Ok(Duration::from_millis(3_661_001))
+        );
         assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse("0.25m"), Ok(Duration::from_secs(15)));
         assert_eq!(parse("0.0000000019s"), Ok(Duration::from_nanos(1)));

@@ -10,7 +10,7 @@
 //! impl lifecycle_hooks::__private::MacroHook for close_producer {
 //!     fn spec() -> HookSpec { HookSpec::new(Phase::EXIT, "close_producer", ..).after(..) }
 //! }
-//! const _: () = { /* a `Registration` in the linker-collected slice */ };
+//! lifecycle_hooks::__private::register!(close_producer, "close_producer"); // linkme slice
 //! ```
 //!
 //! `hooks![close_producer]` then names the struct. A braced struct lives only in the type
@@ -37,7 +37,9 @@ pub(crate) fn expand(attr: Attr, args: TokenStream, item: TokenStream) -> TokenS
     };
     let mut errors = Errors::default();
     let args = attr::parse(attr, args).map_err(|e| errors.push(e)).ok();
-    let shape = check_signature(attr, &function.sig).map_err(|e| errors.push(e)).ok();
+    let shape = check_signature(attr, &function.sig)
+        .map_err(|e| errors.push(e))
+        .ok();
     if let (Some(args), Some(_)) = (&args, &shape) {
         check_self_reference(&function, args).unwrap_or_else(|e| errors.push(e));
     }
@@ -133,10 +135,9 @@ fn check_signature(attr: Attr, sig: &Signature) -> syn::Result<Shape> {
         errors.push(syn::Error::new_spanned(
             &sig.generics,
             format!(
-                "a `#[{name}]` function cannot be generic: the framework calls it with no type \
-                 or lifetime arguments; remove `{}` (or call the generic function from a \
-                 non-generic hook)",
-                sig.generics.to_token_stream()
+                "a `#[{name}]` function cannot be generic: the framework calls it with no type, \
+                 lifetime or const arguments; remove the parameters (or call a generic function \
+                 from a non-generic hook)"
             ),
         ));
     } else if let Some(clause) = &sig.generics.where_clause {
@@ -303,19 +304,31 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
     let ctx = Ident::new("ctx", Span::mixed_site());
     let future = Ident::new("future", Span::mixed_site());
     let value = Ident::new("value", Span::mixed_site());
-    // The call, with the argument's type span so a wrong type is reported at the argument.
+    let convert = Ident::new("hook_result", Span::mixed_site().located_at(shape.output_span));
+    // The call passes the context with the span of the argument's type, so a wrong type is
+    // reported there.
     let call = match &shape.context {
-        Some(ty) => quote_spanned!(ty.span()=> #ident(#ctx)),
+        Some(ty) => {
+            let arg = Ident::new("ctx", Span::mixed_site().located_at(ty.span()));
+            quote!(#ident(#arg))
+        }
         None => quote!(#ident()),
     };
     let param = match &shape.context {
-        Some(_) => ctx.clone(),
+        Some(_) => ctx,
         None => Ident::new("_ctx", Span::mixed_site()),
     };
-    // The conversion, at the return type: `E: Into<BoxError>` is checked here.
-    let result = quote_spanned!(shape.output_span=> #krate::__private::hook_result(#value));
+    // The conversion sits at the return type: a `Result<(), E>` whose `E` is no error is
+    // reported there.
+    let value_at_output = Ident::new("value", Span::mixed_site().located_at(shape.output_span));
+    let result = quote! {{
+        use #krate::__private::hook_result as #convert;
+        #convert(#value_at_output)
+    }};
+    // The async block carries the function's name, which rustc's note about a future that is
+    // not `Send` quotes (the error itself is at the attribute).
     let body = if shape.is_async {
-        quote! {
+        quote_spanned! {ident.span()=>
             let #future = #call;
             async move {
                 let #value = #future.await;
@@ -325,15 +338,14 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
     } else {
         // A plain function runs when the hook's future is first polled, so a panic is caught
         // and reported like an asynchronous hook's.
-        quote! {
+        quote_spanned! {ident.span()=>
             async move {
                 let #value = #call;
                 #result
             }
         }
     };
-    // The `Hook` bounds (`Send` future and so on) are reported at the function's name.
-    let closure = quote_spanned! {ident.span()=>
+    let closure = quote! {
         move |#param: #krate::HookContext| {
             #body
         }
@@ -356,30 +368,24 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
         quote_spanned!(n.span=> .teardown_of(#value))
     });
 
-    let registration = args.global.then(|| {
-        quote! {
-            const _: () = {
-                #[#krate::__private::linkme::distributed_slice(#krate::__private::HOOKS)]
-                #[linkme(crate = #krate::__private::linkme)]
-                static REGISTRATION: #krate::__private::Registration =
-                    #krate::__private::Registration {
-                        module: ::core::module_path!(),
-                        line: ::core::line!(),
-                        function: #ident_str,
-                        spec: <#ident as #krate::__private::MacroHook>::spec,
-                    };
-            };
-        }
-    });
+    // Through a `macro_rules!` of the core, so the linkme paths are `$crate` paths: a wrong
+    // `crate = "..."` is then one error, at the string.
+    let registration = args
+        .global
+        .then(|| quote!(#krate::__private::register!(#ident, #ident_str);));
 
-    let hook_item = hook_item(function, &krate, quote! {
-        #krate::HookSpec::new(#phase, #name, #closure)
-            .origin(::core::concat!(::core::module_path!(), "::", #ident_str, ":", ::core::line!()))
-            #(#after)*
-            #(#before)*
-            #timeout
-            #teardown_of
-    });
+    let hook_item = hook_item(
+        function,
+        &krate,
+        quote! {
+            #krate::HookSpec::new(#phase, #name, #closure)
+                .origin(::core::concat!(::core::module_path!(), "::", #ident_str, ":", ::core::line!()))
+                #(#after)*
+                #(#before)*
+                #timeout
+                #teardown_of
+        },
+    );
 
     quote! {
         #function
@@ -414,3 +420,4 @@ fn stand_in(function: &ItemFn, krate: &syn::Path) -> TokenStream {
         quote!(::core::unreachable!("this hook did not compile")),
     )
 }
+

@@ -1,0 +1,6 @@
+use lifecycle_hooks::on_exit;
+
+#[on_exit]
+struct Producer;
+
+fn main() {}

@@ -1,0 +1,10 @@
+use lifecycle_hooks::on_exit;
+
+struct Producer;
+
+impl Producer {
+    #[on_exit]
+    async fn close(&self) {}
+}
+
+fn main() {}
