@@ -1,0 +1,670 @@
+//! The producer handle, its builder and its close. See [`Producer`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use lifecycle_hooks::{HookContext, HookSpec, Phase};
+use rdkafka::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, FutureRecord, Producer as _, PurgeConfig, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::{OnceCell, oneshot};
+
+use crate::cluster::MockCluster;
+use crate::context::{DeliveryContext, Pending};
+use crate::errors::{BuildError, CloseError, ProducerClosed, SendError};
+use crate::state::{ProducerStats, Shared};
+
+/// The default name of the close hook.
+pub const DEFAULT_HOOK_NAME: &str = "close_producer";
+
+/// How long a send waits for room in librdkafka's queue by default.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the close hook flushes by default when its hook has no deadline (in `exit` it always
+/// has one: the end of the shutdown budget).
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The part of a close's timeout kept for the purge: a tenth, at most this much.
+const PURGE_RESERVE: Duration = Duration::from_millis(250);
+
+/// The part of the close hook's time left kept so that it reports its own error before the
+/// lifecycle would abandon it: a twentieth, at most this much.
+const HOOK_MARGIN: Duration = Duration::from_millis(50);
+
+/// A Kafka producer bound to a lifecycle: open through `stop_intake`, `drain`, `shutdown` and
+/// `wait`, flushed and closed by an `exit` hook.
+///
+/// Cheap to clone (an `Arc`) and thread-safe: build one per process and hand clones to every
+/// task. [`send`](Producer::send) queues a message and returns its delivery result. The close
+/// hook from [`hook`](Producer::hook) flushes within the time the exit budget has left, then
+/// purges what is still undelivered, counts it, and reports it in the hook's error (so the exit
+/// status is 1) and in [`Outcome::lost`](lifecycle_hooks::Outcome::lost). After the close every
+/// send fails at once with [`ProducerClosed`]; a send racing the close is either delivered or
+/// gets `ProducerClosed`, never lost silently.
+///
+/// Never rely on dropping the producer to flush it: librdkafka's destructor purges what is
+/// still queued and the messages are lost without a report. Dropping an unclosed producer with
+/// messages in flight logs an error.
+///
+/// Without [`bootstrap_servers`](ProducerBuilder::bootstrap_servers) it starts librdkafka's
+/// mock cluster in-process ([`MockCluster`]), so it runs with no broker.
+///
+/// ```
+/// use lifecycle_hooks::Lifecycle;
+/// use lifecycle_hooks_kafka::{Producer, rdkafka::producer::FutureRecord};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let producer = Producer::builder().build()?; // embedded mock cluster
+/// let lifecycle = Lifecycle::builder().hook(producer.hook()).build()?;
+/// let handle = lifecycle.handle();
+/// handle.spawn({
+///     let (producer, handle) = (producer.clone(), handle.clone());
+///     async move {
+///         handle.draining().await;
+///         // Still open: the producer closes only after all work has ended.
+///         let delivery = producer.send(FutureRecord::<str, str>::to("orders").payload("42")).await;
+///         assert!(delivery.is_ok());
+///     }
+/// });
+/// handle.stop();
+/// let outcome = lifecycle.run().await;
+/// assert_eq!(outcome.exit_code(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Declared first so it is dropped before the mock cluster it may be connected to.
+    client: ThreadedProducer<DeliveryContext>,
+    shared: Arc<Shared>,
+    /// The result of the one close; later closes return it again.
+    closed: OnceCell<Result<CloseReport, CloseError>>,
+    close_on: Phase,
+    hook_name: Cow<'static, str>,
+    queue_timeout: Duration,
+    close_timeout: Duration,
+    bootstrap_servers: String,
+    cluster: Option<MockCluster>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
+        if self.closed.get().is_none() && in_flight > 0 {
+            tracing::error!(
+                target: "lifecycle_hooks_kafka",
+                in_flight,
+                "Kafka producer dropped without `close`: librdkafka purges the messages still queued"
+            );
+        }
+    }
+}
+
+/// Where a message was delivered, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The partition the message was written to.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// From the moment it was queued to the broker's acknowledgement.
+    pub latency: Duration,
+}
+
+/// What a close did: how much it flushed and how long it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Messages that were in flight when the close began; all of them got a delivery report.
+    pub in_flight_at_close: u64,
+    /// How long the close took.
+    pub elapsed: Duration,
+    /// The producer's counters once closed.
+    pub stats: ProducerStats,
+}
+
+/// The delivery result of a message queued with [`Producer::try_send`].
+///
+/// Dropping it does not cancel the message: it is still delivered (or purged at close) and
+/// counted.
+#[derive(Debug)]
+#[must_use = "the delivery result tells whether the message reached the broker"]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<Delivery, SendError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivery, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|result| {
+            // librdkafka reports every queued message, purging at worst; a missing report means
+            // the client was destroyed under the message.
+            result.unwrap_or(Err(SendError::Delivery {
+                source: KafkaError::Canceled,
+            }))
+        })
+    }
+}
+
+/// Why a hand-over to librdkafka did not happen.
+enum Refused<'a, K: ToBytes + ?Sized, P: ToBytes + ?Sized> {
+    Closed,
+    Full(BaseRecord<'a, K, P, Box<Pending>>),
+    Error(KafkaError),
+}
+
+/// Counts one send waiting for room in librdkafka's queue, for as long as it lives.
+struct SpaceWaiter<'a>(&'a Shared);
+
+impl<'a> SpaceWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        // SeqCst: pairs with the delivery callback's load (state invariant 3).
+        shared.space_waiters.fetch_add(1, Ordering::SeqCst);
+        SpaceWaiter(shared)
+    }
+}
+
+impl Drop for SpaceWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.space_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Producer {
+    /// A builder: the embedded mock cluster by default, closed in `exit`.
+    pub fn builder() -> ProducerBuilder {
+        ProducerBuilder::default()
+    }
+
+    /// Queues `record` and waits for its delivery result.
+    ///
+    /// If librdkafka's queue is full, it waits for room (woken by delivery reports, not by
+    /// polling) up to the [queue timeout](ProducerBuilder::queue_timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] at once if the producer is closed; otherwise see [`SendError`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Once the message is queued, dropping the future does not unqueue it: it is still
+    /// delivered (or purged at close) and counted. Before that, nothing was sent.
+    pub async fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<Delivery, SendError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let shared = &*self.inner.shared;
+        let (reply, rx) = oneshot::channel();
+        let mut record = into_base(record, reply);
+        let mut waiting: Option<(SpaceWaiter<'_>, tokio::time::Instant)> = None;
+        loop {
+            let notified = shared.space.notified();
+            tokio::pin!(notified);
+            if waiting.is_some() {
+                // Registered before the attempt, so a report freeing room after it wakes us.
+                notified.as_mut().enable();
+            }
+            match self.hand_over(record) {
+                Ok(()) => return DeliveryFuture { rx }.await,
+                Err(Refused::Closed) => return Err(ProducerClosed.into()),
+                Err(Refused::Error(source)) => return Err(SendError::Enqueue { source }),
+                Err(Refused::Full(back)) => {
+                    record = back;
+                    match &waiting {
+                        // First refusal: register as a waiter, then retry at once.
+                        None => {
+                            let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
+                            waiting = Some((SpaceWaiter::new(shared), deadline));
+                        }
+                        Some((_, deadline)) => {
+                            if tokio::time::timeout_at(*deadline, notified).await.is_err() {
+                                return Err(SendError::QueueFull {
+                                    waited: self.inner.queue_timeout,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `record` without waiting for room, and returns a future of its delivery result.
+    ///
+    /// Use it to queue many messages before awaiting their results.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the producer is closed, [`SendError::QueueFull`] (with
+    /// `waited` zero) if librdkafka's queue is full, [`SendError::Enqueue`] if librdkafka refuses
+    /// the message. In every case nothing was queued.
+    pub fn try_send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+    ) -> Result<DeliveryFuture, SendError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let (reply, rx) = oneshot::channel();
+        match self.hand_over(into_base(record, reply)) {
+            Ok(()) => Ok(DeliveryFuture { rx }),
+            Err(Refused::Closed) => Err(ProducerClosed.into()),
+            Err(Refused::Full(_)) => Err(SendError::QueueFull {
+                waited: Duration::ZERO,
+            }),
+            Err(Refused::Error(source)) => Err(SendError::Enqueue { source }),
+        }
+    }
+
+    /// Hands a record to librdkafka unless the producer is closed (state invariants 1 and 2).
+    fn hand_over<'a, K, P>(
+        &self,
+        record: BaseRecord<'a, K, P, Box<Pending>>,
+    ) -> Result<(), Refused<'a, K, P>>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let shared = &*self.inner.shared;
+        let closed = shared.gate.read();
+        if *closed {
+            // Relaxed: a statistic.
+            shared.refused_closed.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Closed);
+        }
+        // Counted before the hand-over: the delivery report may come before `send` returns.
+        shared.sent.fetch_add(1, Ordering::Relaxed);
+        // SeqCst: read by the close's settle (state invariant 3).
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        match self.inner.client.send(record) {
+            Ok(()) => Ok(()),
+            Err((error, record)) => {
+                shared.sent.fetch_sub(1, Ordering::Relaxed);
+                shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                drop(closed);
+                if error == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                    Err(Refused::Full(record))
+                } else {
+                    Err(Refused::Error(error))
+                }
+            }
+        }
+    }
+
+    /// Closes the producer: refuses new sends, flushes what is queued, and purges what is still
+    /// undelivered when the time is up.
+    ///
+    /// From the first call on, every [`send`](Producer::send) fails at once with
+    /// [`ProducerClosed`]; every send that got in before is delivered or, after the flush, purged
+    /// (its sender gets [`SendError::Purged`]). The whole close takes about `timeout` at most:
+    /// the flush gets all of it but a tenth (at most 250 ms), kept for the purge. Closing again,
+    /// or concurrently, returns the result of the first close.
+    ///
+    /// Use [`hook`](Producer::hook) rather than calling this yourself: it closes in `exit`, with
+    /// the time the budget has left, and reports losses into the lifecycle's outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`CloseError::Undelivered`] with the number of messages purged.
+    ///
+    /// # Cancel safety
+    ///
+    /// The producer stays closed to new sends if the future is dropped; a later call resumes
+    /// the flush.
+    pub async fn close(&self, timeout: Duration) -> Result<CloseReport, CloseError> {
+        self.inner
+            .closed
+            .get_or_init(|| self.close_once(timeout))
+            .await
+            .clone()
+    }
+
+    async fn close_once(&self, timeout: Duration) -> Result<CloseReport, CloseError> {
+        let started = tokio::time::Instant::now();
+        let shared = &*self.inner.shared;
+        {
+            let mut closed = shared.gate.write();
+            *closed = true;
+            // SeqCst: pairs with the delivery callback's load (state invariant 3).
+            shared.closing.store(true, Ordering::SeqCst);
+        }
+        // Senders waiting for queue room retry now, and see the gate closed.
+        shared.space.notify_waiters();
+        let in_flight_at_close = shared.in_flight.load(Ordering::SeqCst);
+        tracing::info!(
+            target: "lifecycle_hooks_kafka",
+            in_flight = in_flight_at_close,
+            timeout_ms = timeout.as_millis() as u64,
+            "closing the Kafka producer: flushing"
+        );
+        // A zero-timeout flush wakes librdkafka's broker threads so queued messages go out now
+        // rather than after `linger.ms`; the wait itself is on our own delivery count, woken by
+        // each report (librdkafka's `flush` would poll in 100 ms steps).
+        let _ = self.inner.client.flush(Duration::ZERO);
+        let reserve = (timeout / 10).min(PURGE_RESERVE);
+        let flushed = shared
+            .settle(started + timeout.saturating_sub(reserve))
+            .await;
+        let flushed_for = started.elapsed();
+        if flushed {
+            let stats = shared.stats();
+            tracing::info!(
+                target: "lifecycle_hooks_kafka",
+                flushed = in_flight_at_close,
+                elapsed_ms = flushed_for.as_millis() as u64,
+                sent = stats.sent,
+                delivered = stats.delivered,
+                failed = stats.failed,
+                mean_latency_us = stats.mean_latency.as_micros() as u64,
+                max_latency_us = stats.max_latency.as_micros() as u64,
+                "Kafka producer closed"
+            );
+            return Ok(CloseReport {
+                in_flight_at_close,
+                elapsed: flushed_for,
+                stats,
+            });
+        }
+
+        // Out of time: purge what is queued or in flight. Each purged message comes back as a
+        // delivery report with a purge error, through librdkafka's polling thread.
+        let producer = self.clone();
+        let purge = tokio::task::spawn_blocking(move || {
+            producer
+                .inner
+                .client
+                .purge(PurgeConfig::default().queue().inflight());
+        });
+        let _ = purge.await;
+        shared
+            .settle((started + timeout).max(tokio::time::Instant::now()))
+            .await;
+        // Purges only happen here, so `purged` counts this close's; a message without a report
+        // yet is undelivered too.
+        let undelivered =
+            shared.purged.load(Ordering::Relaxed) + shared.in_flight.load(Ordering::SeqCst);
+        let stats = shared.stats();
+        tracing::error!(
+            target: "lifecycle_hooks_kafka",
+            undelivered,
+            flushed_for_ms = flushed_for.as_millis() as u64,
+            sent = stats.sent,
+            delivered = stats.delivered,
+            failed = stats.failed,
+            "Kafka producer closed with undelivered messages: purged"
+        );
+        Err(CloseError::Undelivered {
+            undelivered,
+            flushed_for,
+        })
+    }
+
+    /// The close hook: in the [closing phase](ProducerBuilder::close_on) (default `exit`), named
+    /// [`hook_name`](ProducerBuilder::hook_name) (default `close_producer`).
+    ///
+    /// It [closes](Producer::close) the producer within the time the hook has left
+    /// ([`HookContext::time_left`]: the end of the shutdown budget, or the hook's own timeout if
+    /// you set one with [`HookSpec::timeout`]), keeping a twentieth of it (at most 50 ms) so it
+    /// reports before it would be abandoned. If messages were purged, it fails with
+    /// [`CloseError::Undelivered`] (exit status 1) and reports them with
+    /// [`LifecycleHandle::report_lost`](lifecycle_hooks::LifecycleHandle::report_lost). Order it
+    /// against other exit hooks with [`HookSpec::after`] / [`HookSpec::before`].
+    pub fn hook(&self) -> HookSpec {
+        let producer = self.clone();
+        HookSpec::new(
+            self.inner.close_on.clone(),
+            self.inner.hook_name.clone(),
+            move |ctx: HookContext| {
+                let producer = producer.clone();
+                async move { producer.close_from_hook(&ctx).await.map(drop) }
+            },
+        )
+    }
+
+    async fn close_from_hook(&self, ctx: &HookContext) -> Result<CloseReport, CloseError> {
+        let in_flight_work = ctx.handle().in_flight();
+        if *ctx.phase() != Phase::EXIT && in_flight_work > 0 {
+            tracing::warn!(
+                target: "lifecycle_hooks_kafka",
+                phase = %ctx.phase(),
+                in_flight_work,
+                "closing the Kafka producer while work is still in flight: its sends will fail \
+                 with ProducerClosed; close it in `exit`"
+            );
+        }
+        let timeout = match ctx.time_left() {
+            Some(left) => left.saturating_sub((left / 20).min(HOOK_MARGIN)),
+            None => self.inner.close_timeout,
+        };
+        let result = self.close(timeout).await;
+        if let Err(CloseError::Undelivered { undelivered, .. }) = &result {
+            ctx.handle().report_lost(format!(
+                "{undelivered} Kafka message(s) purged undelivered by hook `{}`",
+                ctx.name()
+            ));
+        }
+        result
+    }
+
+    /// Whether [`close`](Producer::close) has begun: sends fail with [`ProducerClosed`].
+    pub fn is_closed(&self) -> bool {
+        *self.inner.shared.gate.read()
+    }
+
+    /// The producer's counters: sent, delivered, failed, purged, in flight, latency.
+    pub fn stats(&self) -> ProducerStats {
+        self.inner.shared.stats()
+    }
+
+    /// The phase the close hook runs in.
+    pub fn close_phase(&self) -> &Phase {
+        &self.inner.close_on
+    }
+
+    /// The `bootstrap.servers` the producer uses (the mock cluster's when embedded).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.inner.bootstrap_servers
+    }
+
+    /// The embedded mock cluster, when the producer was built without bootstrap servers.
+    pub fn mock_cluster(&self) -> Option<&MockCluster> {
+        self.inner.cluster.as_ref()
+    }
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("bootstrap_servers", &self.inner.bootstrap_servers)
+            .field("close_on", &self.inner.close_on)
+            .field("closed", &self.is_closed())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn into_base<'a, K, P>(
+    record: FutureRecord<'a, K, P>,
+    reply: oneshot::Sender<Result<Delivery, SendError>>,
+) -> BaseRecord<'a, K, P, Box<Pending>>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    BaseRecord {
+        topic: record.topic,
+        partition: record.partition,
+        payload: record.payload,
+        key: record.key,
+        timestamp: record.timestamp,
+        headers: record.headers,
+        delivery_opaque: Box::new(Pending {
+            queued_at: Instant::now(),
+            reply,
+        }),
+    }
+}
+
+/// Builds a [`Producer`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lifecycle_hooks::Phase;
+/// use lifecycle_hooks_kafka::Producer;
+///
+/// let builder = Producer::builder()
+///     .bootstrap_servers("127.0.0.1:9092")
+///     .set("linger.ms", "5")
+///     .close_on(Phase::EXIT)
+///     .hook_name("close_orders_producer")
+///     .queue_timeout(Duration::from_secs(2));
+/// # drop(builder);
+/// ```
+#[derive(Debug)]
+#[must_use = "a ProducerBuilder does nothing until `build()` is called"]
+pub struct ProducerBuilder {
+    config: ClientConfig,
+    bootstrap_servers: Option<String>,
+    mock_brokers: i32,
+    close_on: Phase,
+    hook_name: Cow<'static, str>,
+    queue_timeout: Duration,
+    close_timeout: Duration,
+}
+
+impl Default for ProducerBuilder {
+    fn default() -> Self {
+        ProducerBuilder {
+            config: ClientConfig::new(),
+            bootstrap_servers: None,
+            mock_brokers: 1,
+            close_on: Phase::EXIT,
+            hook_name: Cow::Borrowed(DEFAULT_HOOK_NAME),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+        }
+    }
+}
+
+impl ProducerBuilder {
+    /// A real cluster's `bootstrap.servers` (`host:port,...`). Without it, the producer starts
+    /// librdkafka's mock cluster in-process.
+    pub fn bootstrap_servers(mut self, servers: impl Into<String>) -> Self {
+        self.bootstrap_servers = Some(servers.into());
+        self
+    }
+
+    /// How many brokers the embedded mock cluster has (default 1). Ignored with
+    /// [`bootstrap_servers`](ProducerBuilder::bootstrap_servers).
+    pub fn mock_brokers(mut self, brokers: i32) -> Self {
+        self.mock_brokers = brokers;
+        self
+    }
+
+    /// Sets any librdkafka producer property (`linger.ms`, `acks`, `message.timeout.ms`...).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// The phase the close hook runs in: [`Phase::EXIT`] (the default, and the right place).
+    ///
+    /// [`Phase::SHUTDOWN`] is accepted only to show why it is wrong: shutdown hooks run while
+    /// work is still in flight, so every job that still publishes fails with
+    /// [`ProducerClosed`] (Sidekiq's `:shutdown` versus `:exit`). Building with it logs a
+    /// warning, and so does the hook when it closes under running work. Other phases are
+    /// refused by [`build`](ProducerBuilder::build).
+    pub fn close_on(mut self, phase: impl Into<Phase>) -> Self {
+        self.close_on = phase.into();
+        self
+    }
+
+    /// The close hook's name (default `close_producer`); give each producer its own.
+    pub fn hook_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.hook_name = name.into();
+        self
+    }
+
+    /// How long [`Producer::send`] waits for room in librdkafka's full queue (default 5 s).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// How long the close hook flushes when its hook has no deadline (default 5 s). In `exit`
+    /// the hook always has one, the end of the shutdown budget, and that is used instead.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Builds the producer; starts the embedded mock cluster if no bootstrap servers were given.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ClosePhase`] for a closing phase other than `exit` or `shutdown`;
+    /// [`BuildError::MockCluster`] if the mock cluster does not start; [`BuildError::Client`] if
+    /// librdkafka rejects the configuration.
+    pub fn build(self) -> Result<Producer, BuildError> {
+        if self.close_on != Phase::EXIT && self.close_on != Phase::SHUTDOWN {
+            return Err(BuildError::ClosePhase {
+                phase: self.close_on.to_string(),
+            });
+        }
+        if self.close_on == Phase::SHUTDOWN {
+            tracing::warn!(
+                target: "lifecycle_hooks_kafka",
+                hook = %self.hook_name,
+                "the Kafka producer closes in `shutdown`, while work is still in flight: jobs that \
+                 still publish will fail with ProducerClosed; close it in `exit`"
+            );
+        }
+        let (cluster, bootstrap_servers) = match self.bootstrap_servers {
+            Some(servers) => (None, servers),
+            None => {
+                let cluster = MockCluster::new(self.mock_brokers)?;
+                let servers = cluster.bootstrap_servers().to_owned();
+                (Some(cluster), servers)
+            }
+        };
+        let mut config = self.config;
+        config.set("bootstrap.servers", &bootstrap_servers);
+        let shared = Arc::new(Shared::default());
+        let context = DeliveryContext {
+            shared: Arc::clone(&shared),
+        };
+        let client = ThreadedProducer::from_config_and_context(&config, context)
+            .map_err(|source| BuildError::Client { source })?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                client,
+                shared,
+                closed: OnceCell::new(),
+                close_on: self.close_on,
+                hook_name: self.hook_name,
+                queue_timeout: self.queue_timeout,
+                close_timeout: self.close_timeout,
+                bootstrap_servers,
+                cluster,
+            }),
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! Shared by `tests/mock.rs` and `tests/tansu.rs`: the broker under test (librdkafka's mock
+//! cluster or a `tansu` process on 127.0.0.1), a consumer that reads messages back, and the
+//! scenarios both files run against their broker.
+
+pub(crate) mod scenarios;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use lifecycle_hooks_kafka::rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, TopicReplication,
+};
+use lifecycle_hooks_kafka::rdkafka::client::DefaultClientContext;
+use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lifecycle_hooks_kafka::rdkafka::producer::{BaseProducer, Producer as _};
+use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use lifecycle_hooks_kafka::{MockCluster, ProducerBuilder};
+
+/// A broker the tests produce to and read back from.
+pub(crate) enum Broker {
+    Mock(MockCluster),
+    Tansu(Tansu),
+}
+
+impl Broker {
+    /// librdkafka's mock cluster, one broker.
+    pub(crate) fn mock() -> Broker {
+        Broker::Mock(MockCluster::new(1).expect("the mock cluster starts"))
+    }
+
+    /// A `tansu` broker process on a free port of 127.0.0.1, ready for requests.
+    pub(crate) async fn tansu() -> Broker {
+        let tansu = tokio::task::spawn_blocking(Tansu::start)
+            .await
+            .expect("tansu start-up did not panic");
+        Broker::Tansu(tansu)
+    }
+
+    pub(crate) fn bootstrap_servers(&self) -> String {
+        match self {
+            Broker::Mock(cluster) => cluster.bootstrap_servers().to_owned(),
+            Broker::Tansu(tansu) => tansu.bootstrap_servers.clone(),
+        }
+    }
+
+    /// A producer builder pointed at this broker.
+    pub(crate) fn producer(&self) -> ProducerBuilder {
+        lifecycle_hooks_kafka::Producer::builder().bootstrap_servers(self.bootstrap_servers())
+    }
+
+    /// Makes the broker unreachable: the mock broker goes down, the tansu process is killed.
+    pub(crate) fn take_down(&mut self) {
+        match self {
+            Broker::Mock(cluster) => cluster.broker_down(1).expect("the mock broker goes down"),
+            Broker::Tansu(tansu) => tansu.kill(),
+        }
+    }
+
+    /// Creates a topic with a name no other test uses.
+    pub(crate) async fn topic(&self, prefix: &str, partitions: i32) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        match self {
+            // librdkafka's mock cluster does not serve CreateTopics; it has its own call.
+            Broker::Mock(cluster) => cluster
+                .create_topic(&name, partitions)
+                .unwrap_or_else(|error| panic!("topic {name} not created: {error}")),
+            Broker::Tansu(tansu) => {
+                let admin: AdminClient<DefaultClientContext> =
+                    client_config(&tansu.bootstrap_servers)
+                        .create()
+                        .expect("an admin client");
+                let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+                let results = admin
+                    .create_topics(&[topic], &options)
+                    .await
+                    .expect("CreateTopics answered");
+                for result in results {
+                    result.unwrap_or_else(|(topic, e)| panic!("topic {topic} not created: {e}"));
+                }
+            }
+        }
+        name
+    }
+}
+
+fn client_config(bootstrap_servers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers);
+    config
+}
+
+/// Reads `topic` (partitions `0..partitions`) from the beginning until it has read every
+/// message up to the high watermarks it sees once `expected` messages are in; returns the
+/// payloads. Panics if they do not arrive within 30 s (a failure bound, not a synchronization).
+pub(crate) async fn read_back(
+    bootstrap_servers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<String> {
+    let (servers, topic) = (bootstrap_servers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&servers)
+            .set("group.id", "lifecycle-hooks-kafka-read-back")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .expect("a valid offset");
+        }
+        consumer.assign(&assignment).expect("partitions assigned");
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let mut payloads = Vec::new();
+        while payloads.len() < expected {
+            let left = give_up.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "read back {} of {expected} messages from {topic} in 30 s",
+                payloads.len()
+            );
+            // A blocking wait for the next message, not a sleep.
+            if let Some(message) = consumer.poll(left) {
+                let message = message.expect("a message, not a consumer error");
+                let payload = message.payload_view::<str>().and_then(Result::ok);
+                payloads.push(payload.expect("a UTF-8 payload").to_owned());
+            }
+        }
+        // Nothing beyond what we read: the high watermarks add up to the count.
+        let mut total = 0;
+        for partition in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            total += high - low;
+        }
+        assert_eq!(
+            total as usize,
+            payloads.len(),
+            "messages in {topic} beyond those read"
+        );
+        payloads
+    })
+    .await
+    .expect("read-back did not panic")
+}
+
+/// Set of strings, for comparing what was sent with what was read back.
+pub(crate) fn set<I: IntoIterator<Item = String>>(items: I) -> BTreeSet<String> {
+    items.into_iter().collect()
+}
+
+/// A `tansu broker` process on 127.0.0.1, in-memory storage; killed on drop.
+pub(crate) struct Tansu {
+    child: Option<Child>,
+    pub(crate) bootstrap_servers: String,
+    log: PathBuf,
+}
+
+impl Tansu {
+    /// Starts tansu on a free port and waits until it answers a metadata request.
+    ///
+    /// # Panics
+    ///
+    /// If `tansu` is not installed (CI installs it: `.ci/setup.d/30-tansu.sh`) or does not come
+    /// up within 30 s.
+    pub(crate) fn start() -> Tansu {
+        // Ask the OS for a free port, then hand it to tansu.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port on 127.0.0.1")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("tansu-{}-{port}.log", std::process::id()));
+        let output = File::create(&log).expect("a log file for tansu");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("log file handle"))
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "could not run `tansu` ({error}): these tests need it; install it with \
+                     `cargo install --locked tansu --features dynostore` (.ci/setup.d/30-tansu.sh)"
+                )
+            });
+        let mut tansu = Tansu {
+            child: Some(child),
+            bootstrap_servers: format!("127.0.0.1:{port}"),
+            log,
+        };
+        tansu.wait_ready();
+        tansu
+    }
+
+    fn wait_ready(&mut self) {
+        // librdkafka retries the connection until tansu listens; a short backoff cap keeps the
+        // wait close to tansu's start-up time.
+        let probe: BaseProducer = client_config(&self.bootstrap_servers)
+            .set("reconnect.backoff.ms", "10")
+            .set("reconnect.backoff.max.ms", "100")
+            .create()
+            .expect("a probe client");
+        if let Err(error) = probe.client().fetch_metadata(None, Duration::from_secs(30)) {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!(
+                "tansu on {} did not answer a metadata request in 30 s ({error}); exited: \
+                 {exited:?}; its log:\n{log}",
+                self.bootstrap_servers
+            );
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
