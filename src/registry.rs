@@ -1,8 +1,8 @@
 //! Hooks declared with the attribute macros, and how they reach a [`Builder`]: explicitly with
 //! [`hooks!`](crate::hooks), or all at once with [`Builder::registered_hooks`].
 //!
-//! The global list is a [`linkme`] distributed slice: every `#[on_exit]` (and so on) adds a
-//! [`Registration`] to it, and the linker gathers them into one array. Nothing runs before
+//! The global list is a `linkme` distributed slice: every `#[on_exit]` (and so on) adds a
+//! `Registration` to it, and the linker gathers them into one array. Nothing runs before
 //! `main`, and reading the list is reading a `&'static [Registration]`.
 
 use crate::builder::Builder;
@@ -14,7 +14,7 @@ use crate::hook::{HookSpec, IntoHookResult};
 #[linkme::distributed_slice]
 pub static HOOKS: [Registration];
 
-/// One hook in [`HOOKS`]: where it was declared, and how to build it.
+/// One hook in `HOOKS`: where it was declared, and how to build it.
 #[derive(Debug)]
 pub struct Registration {
     /// `module_path!()` where the hook was declared.
@@ -62,7 +62,7 @@ impl Builder {
     /// that the binary never refers to is not linked, and its hooks are silently missing. If a
     /// crate exists only for its hooks, refer to it from the binary:
     ///
-    /// ```ignore
+    /// ```text
     /// use my_telemetry_hooks as _; // links the crate, and so its hooks
     /// ```
     ///
@@ -103,7 +103,7 @@ impl Builder {
     }
 }
 
-/// Adds a hook to [`HOOKS`]; the attribute macros expand to it unless `global = false`.
+/// Adds a hook to `HOOKS`; the attribute macros expand to it unless `global = false`.
 ///
 /// A `macro_rules!` rather than generated tokens, so that every linkme path is a `$crate` path.
 #[doc(hidden)]
@@ -134,7 +134,7 @@ macro_rules! __lifecycle_hooks_register {
 /// # Examples
 ///
 /// ```
-/// use lifecycle_hooks::{HookContext, hooks, on_exit, testing};
+/// use lifecycle_hooks::{hooks, on_exit, testing};
 ///
 /// mod telemetry {
 ///     #[lifecycle_hooks::on_exit]

@@ -49,7 +49,7 @@ pub(crate) fn expand(attr: Attr, args: TokenStream, item: TokenStream) -> TokenS
             let krate = args.and_then(|a| a.krate).unwrap_or_else(default_crate);
             let mut out = function.to_token_stream();
             // A method (`self`) sits in an impl block, where a stand-in struct is no item.
-            if !function.sig.receiver().is_some() {
+            if function.sig.receiver().is_none() {
                 out.extend(stand_in(&function, &krate));
             }
             if let Err(error) = result {
@@ -304,7 +304,10 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
     let ctx = Ident::new("ctx", Span::mixed_site());
     let future = Ident::new("future", Span::mixed_site());
     let value = Ident::new("value", Span::mixed_site());
-    let convert = Ident::new("hook_result", Span::mixed_site().located_at(shape.output_span));
+    let convert = Ident::new(
+        "hook_result",
+        Span::mixed_site().located_at(shape.output_span),
+    );
     // The call passes the context with the span of the argument's type, so a wrong type is
     // reported there.
     let call = match &shape.context {
@@ -420,4 +423,3 @@ fn stand_in(function: &ItemFn, krate: &syn::Path) -> TokenStream {
         quote!(::core::unreachable!("this hook did not compile")),
     )
 }
-
