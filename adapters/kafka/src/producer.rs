@@ -394,13 +394,19 @@ impl Producer {
                 .purge(PurgeConfig::default().queue().inflight());
         });
         let _ = purge.await;
-        shared
+        let settled = shared
             .settle((started + timeout).max(tokio::time::Instant::now()))
             .await;
-        // Purges only happen here, so `purged` counts this close's; a message without a report
-        // yet is undelivered too.
-        let undelivered =
-            shared.purged.load(Ordering::Relaxed) + shared.in_flight.load(Ordering::SeqCst);
+        // Purges only happen here, so `purged` counts this close's. If some reports are still
+        // missing, those messages are undelivered too: `in_flight` is read first, and a report
+        // recorded between the two reads (purged counted, then in flight decremented) is counted
+        // twice, never missed.
+        let undelivered = if settled {
+            shared.purged.load(Ordering::SeqCst)
+        } else {
+            let unreported = shared.in_flight.load(Ordering::SeqCst);
+            unreported + shared.purged.load(Ordering::SeqCst)
+        };
         let stats = shared.stats();
         tracing::error!(
             target: "lifecycle_hooks_kafka",

@@ -76,7 +76,8 @@ impl Shared {
     pub(crate) fn record_report(&self, outcome: Report) {
         match outcome {
             Report::Delivered { latency } => {
-                // Relaxed: counters are read for statistics only, never to decide anything.
+                // Relaxed: the counters are published to the close by the SeqCst decrement of
+                // `in_flight` below, which it reads (acquiring) before them.
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 self.latency_total_us.fetch_add(us, Ordering::Relaxed);

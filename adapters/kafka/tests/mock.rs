@@ -57,7 +57,7 @@ async fn embedded_cluster_is_the_default() {
         .close(Duration::from_secs(5))
         .await
         .expect("flushed");
-    let read = read_back(producer.bootstrap_servers(), "embedded", 1, 1).await;
+    let read = read_back(producer.bootstrap_servers(), "embedded", 1).await;
     assert_eq!(read, ["hello"]);
 }
 
