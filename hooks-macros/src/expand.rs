@@ -304,10 +304,6 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
     let ctx = Ident::new("ctx", Span::mixed_site());
     let future = Ident::new("future", Span::mixed_site());
     let value = Ident::new("value", Span::mixed_site());
-    let convert = Ident::new(
-        "hook_result",
-        Span::mixed_site().located_at(shape.output_span),
-    );
     // The call passes the context with the span of the argument's type, so a wrong type is
     // reported there.
     let call = match &shape.context {
@@ -321,8 +317,12 @@ fn generate(attr: Attr, function: &ItemFn, args: &Args, shape: &Shape) -> TokenS
         Some(_) => ctx,
         None => Ident::new("_ctx", Span::mixed_site()),
     };
-    // The conversion sits at the return type: a `Result<(), E>` whose `E` is no error is
-    // reported there.
+    // The conversion is located at the return type: a `Result<(), E>` whose `E` is no error is
+    // reported there. (`value_at_output` is `value`, only located elsewhere.)
+    let convert = Ident::new(
+        "hook_result",
+        Span::mixed_site().located_at(shape.output_span),
+    );
     let value_at_output = Ident::new("value", Span::mixed_site().located_at(shape.output_span));
     let result = quote! {{
         use #krate::__private::hook_result as #convert;
