@@ -1,0 +1,116 @@
+//! A unit of work. See [`Job`].
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+
+/// The queue name a job has before a source sets it.
+static DEFAULT_QUEUE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
+
+/// One job: an id, an opaque payload, the queue it came from and how many times it ran before.
+///
+/// Cloning is cheap (reference counts only). A source may attach a *receipt* — what it needs to
+/// acknowledge or hand back exactly this delivery (the Redis source keeps the stored value).
+///
+/// ```
+/// use lifecycle_hooks_jobs::Job;
+///
+/// let job = Job::new("invoice-42", "render");
+/// assert_eq!(job.id(), "invoice-42");
+/// assert_eq!(&job.payload()[..], b"render");
+/// assert_eq!(job.attempt(), 0);
+///
+/// // A long job checkpoints by handing itself back with a new payload (same id).
+/// let resumed = job.with_payload("render from page 7");
+/// assert_eq!(resumed.id(), "invoice-42");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Job {
+    id: Arc<str>,
+    queue: Arc<str>,
+    payload: Bytes,
+    attempt: u32,
+    receipt: Bytes,
+}
+
+impl Job {
+    /// A job with this id and payload, attempt 0, queue `default` until a source sets it.
+    pub fn new(id: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Job {
+        Job {
+            id: id.into(),
+            queue: DEFAULT_QUEUE.clone(),
+            payload: payload.into(),
+            attempt: 0,
+            receipt: Bytes::new(),
+        }
+    }
+
+    /// The job's id: what `Outcome::handed_back`/`lost` and the logs name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The queue the job came from (set by the source).
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The payload, opaque to the pool.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// How many times the job ran and failed before this run (0 on its first run).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// What the source needs to acknowledge or hand back this delivery (empty if nothing).
+    pub fn receipt(&self) -> &Bytes {
+        &self.receipt
+    }
+
+    /// The same job (id, queue, attempt, receipt) with a new payload: a checkpoint.
+    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Job {
+        self.payload = payload.into();
+        self
+    }
+
+    /// The same job with its queue set; sources call this on fetch.
+    pub fn with_queue(mut self, queue: impl Into<Arc<str>>) -> Job {
+        self.queue = queue.into();
+        self
+    }
+
+    /// The same job with its attempt count set; sources call this when they retry it.
+    pub fn with_attempt(mut self, attempt: u32) -> Job {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The same job with a receipt; sources call this on fetch.
+    pub fn with_receipt(mut self, receipt: impl Into<Bytes>) -> Job {
+        self.receipt = receipt.into();
+        self
+    }
+
+    pub(crate) fn shared_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    pub(crate) fn shared_queue(&self) -> &Arc<str> {
+        &self.queue
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("attempt", &self.attempt)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
