@@ -5,7 +5,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,10 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the close hook flushes by default when its hook has no deadline (in `exit` it always
 /// has one: the end of the shutdown budget).
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The backoff of a send retrying for queue room after a delivery report woke it.
+const MIN_QUEUE_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_QUEUE_BACKOFF: Duration = Duration::from_millis(64);
 
 /// The part of a close's timeout kept for the purge: a tenth, at most this much.
 const PURGE_RESERVE: Duration = Duration::from_millis(250);
@@ -103,7 +106,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
+        let in_flight = self.shared.in_flight();
         if self.closed.get().is_none() && in_flight > 0 {
             tracing::error!(
                 target: "lifecycle_hooks_kafka",
@@ -169,20 +172,14 @@ enum Refused<'a, K: ToBytes + ?Sized, P: ToBytes + ?Sized> {
     Error(KafkaError),
 }
 
-/// Counts one send waiting for room in librdkafka's queue, for as long as it lives.
-struct SpaceWaiter<'a>(&'a Shared);
-
-impl<'a> SpaceWaiter<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        // SeqCst: pairs with the delivery callback's load (state invariant 3).
-        shared.space_waiters.fetch_add(1, Ordering::SeqCst);
-        SpaceWaiter(shared)
-    }
-}
-
-impl Drop for SpaceWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.space_waiters.fetch_sub(1, Ordering::SeqCst);
+impl<K: ToBytes + ?Sized, P: ToBytes + ?Sized> Refused<'_, K, P> {
+    /// The error a sender gets; `waited` is how long it waited for queue room.
+    fn into_error(self, waited: Duration) -> SendError {
+        match self {
+            Refused::Closed => ProducerClosed.into(),
+            Refused::Full(_) => SendError::QueueFull { waited },
+            Refused::Error(source) => SendError::Enqueue { source },
+        }
     }
 }
 
@@ -194,8 +191,9 @@ impl Producer {
 
     /// Queues `record` and waits for its delivery result.
     ///
-    /// If librdkafka's queue is full, it waits for room (woken by delivery reports, not by
-    /// polling) up to the [queue timeout](ProducerBuilder::queue_timeout).
+    /// If librdkafka's queue is full, it waits for room up to the
+    /// [queue timeout](ProducerBuilder::queue_timeout), retrying when delivery reports come
+    /// (and, since librdkafka frees their room just after, a few milliseconds later).
     ///
     /// # Errors
     ///
@@ -210,39 +208,47 @@ impl Producer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let shared = &*self.inner.shared;
         let (reply, rx) = oneshot::channel();
         let mut record = into_base(record, reply);
-        let mut waiting: Option<(SpaceWaiter<'_>, tokio::time::Instant)> = None;
+        let Err(refused) = self.hand_over(record) else {
+            return DeliveryFuture { rx }.await;
+        };
+        let Refused::Full(back) = refused else {
+            return Err(refused.into_error(Duration::ZERO));
+        };
+        // The queue is full: retry each time a delivery report may have made room, until the
+        // queue timeout. Registered before each retry, so a report in between is not missed.
+        // librdkafka frees a report's room only after the report's callbacks have returned, so a
+        // wake-up can come just before the room: once woken, retry also after a short backoff
+        // (1 ms, doubling to 64 ms) for as long as the queue stays full. With no report at all
+        // (the broker is down), the wait is a plain wait until the queue timeout.
+        record = back;
+        let shared = &*self.inner.shared;
+        let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
+        let mut backoff: Option<Duration> = None;
         loop {
-            let notified = shared.space.notified();
-            tokio::pin!(notified);
-            if waiting.is_some() {
-                // Registered before the attempt, so a report freeing room after it wakes us.
-                notified.as_mut().enable();
-            }
+            let (notified, waiter) = shared.space();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
             match self.hand_over(record) {
-                Ok(()) => return DeliveryFuture { rx }.await,
-                Err(Refused::Closed) => return Err(ProducerClosed.into()),
-                Err(Refused::Error(source)) => return Err(SendError::Enqueue { source }),
-                Err(Refused::Full(back)) => {
-                    record = back;
-                    match &waiting {
-                        // First refusal: register as a waiter, then retry at once.
-                        None => {
-                            let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
-                            waiting = Some((SpaceWaiter::new(shared), deadline));
-                        }
-                        Some((_, deadline)) => {
-                            if tokio::time::timeout_at(*deadline, notified).await.is_err() {
-                                return Err(SendError::QueueFull {
-                                    waited: self.inner.queue_timeout,
-                                });
-                            }
-                        }
-                    }
+                Ok(()) => {
+                    drop(waiter);
+                    return DeliveryFuture { rx }.await;
                 }
+                Err(Refused::Full(back)) => record = back,
+                Err(refused) => return Err(refused.into_error(self.inner.queue_timeout)),
             }
+            let wake = backoff.map_or(deadline, |b| deadline.min(tokio::time::Instant::now() + b));
+            let woken = tokio::time::timeout_at(wake, notified).await.is_ok();
+            if !woken && tokio::time::Instant::now() >= deadline {
+                return Err(SendError::QueueFull {
+                    waited: self.inner.queue_timeout,
+                });
+            }
+            backoff = Some(match backoff {
+                Some(b) if !woken => (b * 2).min(MAX_QUEUE_BACKOFF),
+                _ => MIN_QUEUE_BACKOFF,
+            });
         }
     }
 
@@ -266,15 +272,12 @@ impl Producer {
         let (reply, rx) = oneshot::channel();
         match self.hand_over(into_base(record, reply)) {
             Ok(()) => Ok(DeliveryFuture { rx }),
-            Err(Refused::Closed) => Err(ProducerClosed.into()),
-            Err(Refused::Full(_)) => Err(SendError::QueueFull {
-                waited: Duration::ZERO,
-            }),
-            Err(Refused::Error(source)) => Err(SendError::Enqueue { source }),
+            Err(refused) => Err(refused.into_error(Duration::ZERO)),
         }
     }
 
     /// Hands a record to librdkafka unless the producer is closed (state invariants 1 and 2).
+    /// Non-blocking: librdkafka refuses rather than waits when its queue is full.
     fn hand_over<'a, K, P>(
         &self,
         record: BaseRecord<'a, K, P, Box<Pending>>,
@@ -284,22 +287,14 @@ impl Producer {
         P: ToBytes + ?Sized,
     {
         let shared = &*self.inner.shared;
-        let closed = shared.gate.read();
-        if *closed {
-            // Relaxed: a statistic.
-            shared.refused_closed.fetch_add(1, Ordering::Relaxed);
+        // Counted before the hand-over: the delivery report may come before `send` returns.
+        if !shared.enter() {
             return Err(Refused::Closed);
         }
-        // Counted before the hand-over: the delivery report may come before `send` returns.
-        shared.sent.fetch_add(1, Ordering::Relaxed);
-        // SeqCst: read by the close's settle (state invariant 3).
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         match self.inner.client.send(record) {
             Ok(()) => Ok(()),
             Err((error, record)) => {
-                shared.sent.fetch_sub(1, Ordering::Relaxed);
-                shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-                drop(closed);
+                shared.leave();
                 if error == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
                     Err(Refused::Full(record))
                 } else {
@@ -340,15 +335,8 @@ impl Producer {
     async fn close_once(&self, timeout: Duration) -> Result<CloseReport, CloseError> {
         let started = tokio::time::Instant::now();
         let shared = &*self.inner.shared;
-        {
-            let mut closed = shared.gate.write();
-            *closed = true;
-            // SeqCst: pairs with the delivery callback's load (state invariant 3).
-            shared.closing.store(true, Ordering::SeqCst);
-        }
-        // Senders waiting for queue room retry now, and see the gate closed.
-        shared.space.notify_waiters();
-        let in_flight_at_close = shared.in_flight.load(Ordering::SeqCst);
+        // From here on no send enters; senders waiting for queue room wake up and see it.
+        let in_flight_at_close = shared.close();
         tracing::info!(
             target: "lifecycle_hooks_kafka",
             in_flight = in_flight_at_close,
@@ -400,12 +388,15 @@ impl Producer {
         // Purges only happen here, so `purged` counts this close's. If some reports are still
         // missing, those messages are undelivered too: `in_flight` is read first, and a report
         // recorded between the two reads (purged counted, then in flight decremented) is counted
-        // twice, never missed.
+        // twice, never missed. (A send that entered before the close but was descheduled inside
+        // librdkafka's non-blocking produce call for the whole flush lands after the purge: it
+        // is counted here as undelivered, and its sender gets a report when librdkafka settles
+        // it, at the latest when the client is destroyed.)
         let undelivered = if settled {
-            shared.purged.load(Ordering::SeqCst)
+            shared.purged()
         } else {
-            let unreported = shared.in_flight.load(Ordering::SeqCst);
-            unreported + shared.purged.load(Ordering::SeqCst)
+            let unreported = shared.in_flight();
+            unreported + shared.purged()
         };
         let stats = shared.stats();
         tracing::error!(
@@ -472,7 +463,7 @@ impl Producer {
 
     /// Whether [`close`](Producer::close) has begun: sends fail with [`ProducerClosed`].
     pub fn is_closed(&self) -> bool {
-        *self.inner.shared.gate.read()
+        self.inner.shared.is_closed()
     }
 
     /// The producer's counters: sent, delivered, failed, purged, in flight, latency.

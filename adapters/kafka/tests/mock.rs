@@ -4,12 +4,15 @@
 #[allow(dead_code)]
 mod support;
 
+use std::pin::pin;
 use std::time::Duration;
+
+use futures::poll;
 
 use lifecycle_hooks::Phase;
 use lifecycle_hooks_kafka::errors::BuildError;
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
-use lifecycle_hooks_kafka::{DEFAULT_HOOK_NAME, Producer};
+use lifecycle_hooks_kafka::{CloseError, DEFAULT_HOOK_NAME, Producer, SendError};
 use support::{Broker, read_back, scenarios};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,6 +62,83 @@ async fn embedded_cluster_is_the_default() {
         .expect("flushed");
     let read = read_back(producer.bootstrap_servers(), "embedded", 1).await;
     assert_eq!(read, ["hello"]);
+}
+
+/// A send that finds librdkafka's queue full waits for a delivery report to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_waits_for_room() {
+    let broker = Broker::mock();
+    let topic = broker.topic("full", 1).await;
+    let producer = broker
+        .producer()
+        .set("queue.buffering.max.messages", "1")
+        .build()
+        .expect("a producer");
+    let first = producer
+        .try_send(FutureRecord::<str, str>::to(&topic).payload("first"))
+        .expect("room for one");
+    let refused = producer.try_send(FutureRecord::<str, str>::to(&topic).payload("second"));
+    assert!(
+        matches!(
+            refused,
+            Err(SendError::QueueFull {
+                waited: Duration::ZERO
+            })
+        ),
+        "{refused:?}"
+    );
+    let second = producer
+        .send(FutureRecord::<str, str>::to(&topic).payload("second"))
+        .await
+        .expect("queued once the first was delivered, then delivered");
+    let first = first.await.expect("delivered");
+    assert_eq!((first.offset, second.offset), (0, 1));
+    producer
+        .close(Duration::from_secs(5))
+        .await
+        .expect("flushed");
+    assert_eq!(
+        read_back(&broker.bootstrap_servers(), &topic, 1).await,
+        ["first", "second"]
+    );
+}
+
+/// With the broker down, a send waiting for queue room gives up at the queue timeout, and one
+/// still waiting when the producer closes is refused with `ProducerClosed` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_gives_up_at_the_timeout_or_the_close() {
+    let mut broker = Broker::mock();
+    let topic = broker.topic("stuck", 1).await;
+    broker.take_down();
+    let queue_timeout = Duration::from_millis(100);
+    let producer = broker
+        .producer()
+        .set("queue.buffering.max.messages", "1")
+        .queue_timeout(queue_timeout)
+        .build()
+        .expect("a producer");
+    let stuck = producer
+        .try_send(FutureRecord::<str, str>::to(&topic).payload("stuck"))
+        .expect("room for one");
+    let gave_up = producer
+        .send(FutureRecord::<str, str>::to(&topic).payload("late"))
+        .await;
+    assert!(
+        matches!(gave_up, Err(SendError::QueueFull { waited }) if waited == queue_timeout),
+        "{gave_up:?}"
+    );
+
+    let mut waiting = pin!(producer.send(FutureRecord::<str, str>::to(&topic).payload("waiting")));
+    assert!(poll!(&mut waiting).is_pending(), "waits for room");
+    let (refused, closed) = tokio::join!(waiting, producer.close(Duration::from_millis(200)));
+    assert!(matches!(refused, Err(SendError::Closed(_))), "{refused:?}");
+    assert!(
+        matches!(closed, Err(CloseError::Undelivered { undelivered: 1, .. })),
+        "{closed:?}"
+    );
+    assert!(matches!(stuck.await, Err(SendError::Purged { .. })));
+    let stats = producer.stats();
+    assert_eq!((stats.sent, stats.purged, stats.refused_closed), (1, 1, 1));
 }
 
 #[test]
