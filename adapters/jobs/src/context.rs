@@ -9,14 +9,45 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::job::Job;
 
-/// The lifecycle as the pool's jobs see it; one per pool run.
+/// The lifecycle as the pool sees it; set once per pool by its start hook.
 #[derive(Debug)]
 pub(crate) struct Bound {
     pub(crate) handle: LifecycleHandle,
+    /// Stop fetching: a child of the intake token, also cancelled by the pool's hooks and when
+    /// work is cancelled.
+    pub(crate) halt: CancellationToken,
     /// Cancelled when the drain begins.
     pub(crate) drain: CancellationToken,
     /// Cancelled at the drain deadline (or on escalation): unfinished jobs are handed back.
     pub(crate) cancel: CancellationToken,
+}
+
+/// One worker's state, shared with the contexts of the jobs it runs. Each token is the worker's
+/// own child token, so checking it locks nothing another worker touches.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) bound: Arc<Bound>,
+    pub(crate) halt: CancellationToken,
+    pub(crate) drain: CancellationToken,
+    pub(crate) cancel: CancellationToken,
+    /// The job this worker is running; taken by whoever settles it (the worker, or the exit
+    /// hook writing off a job that outlived every deadline). Locked briefly.
+    pub(crate) current: Mutex<Option<Job>>,
+    /// A checkpoint from [`JobContext::requeue`], tagged with the job's sequence number.
+    pub(crate) checkpoint: Mutex<Option<(u64, Job)>>,
+}
+
+impl Worker {
+    pub(crate) fn new(bound: &Arc<Bound>) -> Worker {
+        Worker {
+            halt: bound.halt.child_token(),
+            drain: bound.drain.child_token(),
+            cancel: bound.cancel.child_token(),
+            bound: Arc::clone(bound),
+            current: Mutex::new(None),
+            checkpoint: Mutex::new(None),
+        }
+    }
 }
 
 /// Passed to the handler with each job: whether the service is stopping, and a way for a long
@@ -41,8 +72,9 @@ pub(crate) struct Bound {
 /// # let _ = resize_all;
 /// ```
 pub struct JobContext {
-    pub(crate) bound: Arc<Bound>,
-    pub(crate) slot: Arc<Mutex<Option<Job>>>,
+    pub(crate) worker: Arc<Worker>,
+    /// Which of the worker's jobs this context belongs to.
+    pub(crate) seq: u64,
 }
 
 impl fmt::Debug for JobContext {
@@ -57,7 +89,7 @@ impl JobContext {
     /// Whether the service is stopping (the drain has begun): a long job should checkpoint and
     /// [`requeue`](Self::requeue) itself, or finish quickly.
     pub fn is_stopping(&self) -> bool {
-        self.bound.drain.is_cancelled()
+        self.worker.drain.is_cancelled()
     }
 
     /// Completes when the service starts stopping (the drain begins).
@@ -66,22 +98,22 @@ impl JobContext {
     ///
     /// Cancel safe; the future owns what it needs.
     pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.bound.drain.clone().cancelled_owned()
+        self.worker.drain.clone().cancelled_owned()
     }
 
     /// Hands `job` back to the source instead of acknowledging the current delivery, once the
-    /// handler returns `Ok(())`. Pass the job with a new payload
-    /// ([`Job::with_payload`]) to checkpoint; the id stays. The job is counted as requeued and
-    /// reported in `Outcome::handed_back`.
+    /// handler returns `Ok(())`. Pass the job with a new payload ([`Job::with_payload`]) to
+    /// checkpoint; the id stays. The job is counted as requeued and reported in
+    /// `Outcome::handed_back`.
     ///
     /// If the handler returns an error instead, the failure path applies and this is ignored.
-    /// Called twice, the last job wins.
+    /// Called twice, the last job wins; called after the handler returned, it does nothing.
     pub fn requeue(&self, job: Job) {
-        *self.slot.lock() = Some(job);
+        *self.worker.checkpoint.lock() = Some((self.seq, job));
     }
 
     /// The lifecycle the pool runs under.
     pub fn lifecycle(&self) -> &LifecycleHandle {
-        &self.bound.handle
+        &self.worker.bound.handle
     }
 }

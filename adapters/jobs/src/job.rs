@@ -27,19 +27,28 @@ static DEFAULT_QUEUE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default")
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Job {
-    id: Arc<str>,
-    queue: Arc<str>,
+    /// Id and queue in one allocation of the job's own: a clone touches no count that other
+    /// jobs share.
+    meta: Arc<Meta>,
     payload: Bytes,
     attempt: u32,
     receipt: Bytes,
 }
 
+#[derive(PartialEq, Eq)]
+struct Meta {
+    id: Box<str>,
+    queue: Arc<str>,
+}
+
 impl Job {
     /// A job with this id and payload, attempt 0, queue `default` until a source sets it.
-    pub fn new(id: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Job {
+    pub fn new(id: impl Into<Box<str>>, payload: impl Into<Bytes>) -> Job {
         Job {
-            id: id.into(),
-            queue: DEFAULT_QUEUE.clone(),
+            meta: Arc::new(Meta {
+                id: id.into(),
+                queue: DEFAULT_QUEUE.clone(),
+            }),
             payload: payload.into(),
             attempt: 0,
             receipt: Bytes::new(),
@@ -48,12 +57,12 @@ impl Job {
 
     /// The job's id: what `Outcome::handed_back`/`lost` and the logs name.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.meta.id
     }
 
     /// The queue the job came from (set by the source).
     pub fn queue(&self) -> &str {
-        &self.queue
+        &self.meta.queue
     }
 
     /// The payload, opaque to the pool.
@@ -79,7 +88,16 @@ impl Job {
 
     /// The same job with its queue set; sources call this on fetch.
     pub fn with_queue(mut self, queue: impl Into<Arc<str>>) -> Job {
-        self.queue = queue.into();
+        let queue = queue.into();
+        match Arc::get_mut(&mut self.meta) {
+            Some(meta) => meta.queue = queue,
+            None => {
+                self.meta = Arc::new(Meta {
+                    id: self.meta.id.clone(),
+                    queue,
+                })
+            }
+        }
         self
     }
 
@@ -95,20 +113,16 @@ impl Job {
         self
     }
 
-    pub(crate) fn shared_id(&self) -> &Arc<str> {
-        &self.id
-    }
-
     pub(crate) fn shared_queue(&self) -> &Arc<str> {
-        &self.queue
+        &self.meta.queue
     }
 }
 
 impl fmt::Debug for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
-            .field("id", &self.id)
-            .field("queue", &self.queue)
+            .field("id", &self.meta.id)
+            .field("queue", &self.meta.queue)
             .field("attempt", &self.attempt)
             .field("payload_len", &self.payload.len())
             .finish_non_exhaustive()

@@ -45,7 +45,7 @@ struct Inner {
     capacity: usize,
     /// Locked briefly, never across an await.
     state: Mutex<State>,
-    /// Wakes the fetcher when a job arrives or the source closes.
+    /// Wakes a waiting worker when a job arrives, all of them when the source closes.
     items: Notify,
     /// Wakes producers when room appears or the source closes.
     room: Notify,

@@ -2,36 +2,37 @@
 //!
 //! # Invariants
 //!
-//! 1. Every fetched job is counted `in_flight` until it ends in exactly one of completed (acked),
-//!    failed (`JobSource::fail`), requeued (handed back) or lost (reported by id).
-//! 2. No job is spawned once intake has stopped, the pool was told to stop, or work was
-//!    cancelled: a job fetched after that is handed back and never runs.
-//! 3. A job task ends only after its job is acked, failed, or handed back (or queued for the exit
-//!    hook's retries); it is tracked by the lifecycle the whole time, so the runtime's wait and
-//!    cancel grace cover the requeue.
-//! 4. A job waiting for hand-back stays in `HandBack::jobs` until the source confirmed it;
-//!    the exit hook reports whatever is still there as lost, after which nothing more is counted
-//!    for it.
+//! 1. Every fetched job ends in exactly one of completed (acked), failed (`JobSource::fail`),
+//!    requeued (handed back) or lost (reported by id); until then it is in flight.
+//! 2. No job starts once the worker's `halt` token is cancelled (intake stopped, the pool's
+//!    hooks, or work cancelled): a job fetched after that is handed back and never runs.
+//! 3. From the moment its fetch returns until it is acked, failed or handed back (or queued for
+//!    the exit hook's retries), a job holds a lifecycle work guard, so the runtime's wait and
+//!    cancel grace cover its requeue, and exit hooks begin only after it.
+//! 4. A job waiting for hand-back stays in `HandBack::jobs` until the source confirms it; the
+//!    exit hook reports whatever is still there as lost, and nothing more is counted for it.
+//! 5. A running job sits in its worker's `current` slot; whoever takes it out settles it: the
+//!    worker when the handler ends, or the exit hook for a job that outlived every deadline.
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lifecycle_hooks::{BoxError, HookContext, HookSpec, LifecycleHandle, Phase};
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::context::{Bound, JobContext};
+use crate::context::{Bound, JobContext, Worker};
 use crate::counters::{Cells, Counters};
 use crate::errors::{JobFailure, PoolError};
 use crate::job::Job;
@@ -51,17 +52,20 @@ const UNBOUNDED_CLOSE: Duration = Duration::from_secs(30);
 type BoxHandler =
     Arc<dyn Fn(Job, JobContext) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
-/// A Sidekiq-style worker pool: fetches jobs from a [`JobSource`], runs at most `concurrency` of
-/// them at once through an async handler, and follows the lifecycle it is bound to.
+/// A Sidekiq-style worker pool: `concurrency` workers (Sidekiq's processors), each fetching a
+/// job from a [`JobSource`], running it through an async handler and settling it, following the
+/// lifecycle the pool is bound to.
 ///
 /// Bind it by adding its [`hooks`](JobPool::hooks) to the lifecycle's builder:
 ///
 /// | hook (pool named `jobs`) | phase | what it does |
 /// |---|---|---|
-/// | `jobs:start` | `startup` | [`JobSource::start`] (recover orphans), then fetch once the service is ready |
-/// | `jobs:stop_fetching` | `stop_intake` | stop fetching and wait until the fetcher has stopped; a job fetched after intake stopped is handed back, never run |
-/// | `jobs:close` | `exit` | retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters |
+/// | `jobs:start` | `startup` | [`JobSource::start`] (recover orphans), start the workers; they fetch once the service is ready |
+/// | `jobs:stop_fetching` | `stop_intake` | stop fetching (intake stopping already halts the workers: the hook makes it visible in the outcome and halts them under a custom graph too); a fetch still pending is dropped, and a job that a fetch returned after intake stopped is handed back, never run |
+/// | `jobs:close` | `exit` | wait for the workers, retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters |
 ///
+/// Each job holds a lifecycle work guard from its fetch until it is settled, so
+/// `LifecycleHandle::in_flight` counts running jobs and the `wait` phase waits for them.
 /// During `drain` and `wait`, running jobs go on; [`JobContext::is_stopping`] is true so a long
 /// job can checkpoint with [`JobContext::requeue`]. At the drain deadline the lifecycle cancels
 /// what is still running: each such job is dropped at its next `.await` and handed back with
@@ -199,12 +203,11 @@ impl<S: JobSource> JobPoolBuilder<S> {
                 handler,
                 retry: self.retry,
                 concurrency: self.concurrency,
-                permits: Arc::new(Semaphore::new(self.concurrency)),
                 counters: Cells::default(),
                 started: AtomicBool::new(false),
-                fetcher_running: AtomicBool::new(false),
-                stop: CancellationToken::new(),
-                fetcher_done: CancellationToken::new(),
+                bound: OnceLock::new(),
+                workers: OnceLock::new(),
+                tasks: TaskTracker::new(),
                 hand_back: Mutex::new(HandBack::default()),
                 lane: tokio::sync::Mutex::new(()),
             }),
@@ -289,18 +292,15 @@ struct Inner<S> {
     handler: BoxHandler,
     retry: Arc<dyn RetryPolicy>,
     concurrency: usize,
-    /// One permit per running job; taken before a fetch, released when the job has ended.
-    permits: Arc<Semaphore>,
     counters: Cells,
     /// Set once by the start hook (AcqRel swap: a second start sees the first).
     started: AtomicBool,
-    /// Whether a fetcher was spawned; written before the spawn, read by the hooks afterwards
-    /// (Acquire/Release pair the two).
-    fetcher_running: AtomicBool,
-    /// Stop fetching (the stop_intake hook, the exit hook).
-    stop: CancellationToken,
-    /// Cancelled when the fetcher has returned.
-    fetcher_done: CancellationToken,
+    /// The lifecycle the pool runs under; set once by the start hook.
+    bound: OnceLock<Arc<Bound>>,
+    /// One per worker, set by the start hook alongside `bound`.
+    workers: OnceLock<Vec<Arc<Worker>>>,
+    /// The worker tasks; the exit hook waits for them.
+    tasks: TaskTracker,
     /// Jobs waiting to be handed back; locked briefly, never across an await.
     hand_back: Mutex<HandBack>,
     /// One requeue call at a time, so each batch sees what the previous one left.
@@ -309,12 +309,10 @@ struct Inner<S> {
 
 #[derive(Default)]
 struct HandBack {
-    /// Unfinished jobs not yet confirmed requeued; still counted in flight.
+    /// Unfinished jobs not yet confirmed requeued; still in flight.
     jobs: Vec<Job>,
     /// How many of `jobs` were added since the last requeue attempt.
     fresh: usize,
-    /// The exit hook reported what was left as lost: nothing is counted any more.
-    settled: bool,
 }
 
 impl<S: JobSource> Inner<S> {
@@ -333,7 +331,7 @@ impl<S: JobSource> Inner<S> {
                 source: Box::new(error),
             })?;
         if !recovered.is_empty() {
-            Cells::add(&self.counters.recovered, recovered.len() as u64);
+            self.counters.recovered.add(recovered.len() as u64);
             let ids: Vec<&str> = recovered.iter().map(Job::id).collect();
             tracing::warn!(
                 pool = %self.name,
@@ -344,12 +342,33 @@ impl<S: JobSource> Inner<S> {
         }
         let handle = ctx.handle().clone();
         let bound = Arc::new(Bound {
+            halt: handle.intake_token(),
             drain: handle.drain_token(),
             cancel: handle.cancel_token(),
             handle,
         });
-        self.fetcher_running.store(true, Ordering::Release);
-        tokio::spawn(fetch_loop(Arc::clone(&self), bound));
+        let workers: Vec<Arc<Worker>> = (0..self.concurrency)
+            .map(|_| Arc::new(Worker::new(&bound)))
+            .collect();
+        if self.bound.set(Arc::clone(&bound)).is_err() || self.workers.set(workers.clone()).is_err()
+        {
+            unreachable!("`started` lets the start hook through once");
+        }
+        // Work cancelled without intake stopping first (a second signal skips to the exit
+        // hooks): stop fetching as well.
+        tokio::spawn({
+            let (halt, cancel) = (bound.halt.clone(), bound.cancel.clone());
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => halt.cancel(),
+                    () = halt.cancelled() => {}
+                }
+            }
+        });
+        for worker in workers {
+            self.tasks.spawn(work(Arc::clone(&self), worker));
+        }
+        self.tasks.close();
         tracing::info!(
             pool = %self.name,
             concurrency = self.concurrency,
@@ -359,9 +378,8 @@ impl<S: JobSource> Inner<S> {
     }
 
     async fn stop_fetching(self: Arc<Self>) {
-        self.stop.cancel();
-        if self.fetcher_running.load(Ordering::Acquire) {
-            self.fetcher_done.cancelled().await;
+        if let Some(bound) = self.bound.get() {
+            bound.halt.cancel();
         }
         let counters = self.counters.snapshot();
         tracing::info!(
@@ -373,15 +391,34 @@ impl<S: JobSource> Inner<S> {
 
     async fn close(self: Arc<Self>, ctx: HookContext) -> Result<(), PoolError> {
         let handle = ctx.handle();
-        self.stop.cancel();
+        if let Some(bound) = self.bound.get() {
+            bound.halt.cancel();
+        }
         let now = Instant::now();
         let time_left = ctx.time_left().unwrap_or(UNBOUNDED_CLOSE);
         // Retries get three quarters of what is left, closing the source most of the rest, so
         // whatever could not be handed back is still reported before the hook's deadline.
         let retry_until = now + time_left * 3 / 4;
         let close_until = now + time_left * 9 / 10;
-        if self.fetcher_running.load(Ordering::Acquire) {
-            let _ = timeout_at(retry_until, self.fetcher_done.cancelled()).await;
+
+        // Every worker out: its job ended, or is waiting for hand-back.
+        if timeout_at(retry_until, self.tasks.wait()).await.is_err() {
+            let abandoned: Vec<Job> = self
+                .workers
+                .get()
+                .into_iter()
+                .flatten()
+                .filter_map(|worker| worker.current.lock().take())
+                .collect();
+            let ids: Vec<&str> = abandoned.iter().map(Job::id).collect();
+            tracing::error!(
+                pool = %self.name,
+                ?ids,
+                "jobs still running past every deadline (a handler that ignores cancellation): handing them back"
+            );
+            for job in abandoned {
+                self.queue_hand_back(job);
+            }
         }
 
         let (mut backoff, max_backoff) = REQUEUE_BACKOFF;
@@ -405,7 +442,7 @@ impl<S: JobSource> Inner<S> {
                 None
             }
             Ok(Err(error)) => {
-                Cells::add(&self.counters.source_errors, 1);
+                self.counters.source_errors.add(1);
                 Some(PoolError::Close {
                     pool: self.name.clone(),
                     source: Box::new(error),
@@ -416,17 +453,12 @@ impl<S: JobSource> Inner<S> {
             }),
         };
 
-        let lost = {
-            let mut hand_back = self.hand_back.lock();
-            hand_back.settled = true;
-            std::mem::take(&mut hand_back.jobs)
-        };
+        let lost = std::mem::take(&mut self.hand_back.lock().jobs);
         if !lost.is_empty() {
             for job in &lost {
                 handle.report_lost(job.id());
             }
-            Cells::add(&self.counters.lost, lost.len() as u64);
-            Cells::sub(&self.counters.in_flight, lost.len() as u64);
+            self.counters.lost.add(lost.len() as u64);
             let ids: Vec<&str> = lost.iter().map(Job::id).collect();
             tracing::error!(pool = %self.name, count = ids.len(), ?ids, "jobs lost: neither finished nor handed back");
         }
@@ -449,12 +481,7 @@ impl<S: JobSource> Inner<S> {
         }
     }
 
-    /// Whether the fetcher must not start another job.
-    fn must_stop(&self, bound: &Bound) -> bool {
-        self.stop.is_cancelled() || bound.handle.is_intake_stopped() || bound.cancel.is_cancelled()
-    }
-
-    /// Queues unfinished jobs for hand-back; they stay in flight until the source confirms.
+    /// Queues an unfinished job for hand-back; it stays in flight until the source confirms.
     fn queue_hand_back(&self, job: Job) {
         let mut hand_back = self.hand_back.lock();
         hand_back.jobs.push(job);
@@ -473,9 +500,9 @@ impl<S: JobSource> Inner<S> {
             hand_back.fresh = 0;
             hand_back.jobs.clone()
         };
-        let mut failed: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut failed: HashMap<String, usize> = HashMap::new();
         if let Err(error) = self.source.requeue(batch.clone()).await {
-            Cells::add(&self.counters.source_errors, 1);
+            self.counters.source_errors.add(1);
             tracing::warn!(
                 pool = %self.name,
                 error = %chain(&error),
@@ -483,7 +510,7 @@ impl<S: JobSource> Inner<S> {
                 "requeue failed; the exit hook retries with backoff"
             );
             for job in error.jobs {
-                *failed.entry(job.shared_id().clone()).or_default() += 1;
+                *failed.entry(job.id().to_owned()).or_default() += 1;
             }
         }
         let mut hand_back = self.hand_back.lock();
@@ -493,6 +520,7 @@ impl<S: JobSource> Inner<S> {
                 *count -= 1;
                 continue;
             }
+            // Absent if the exit hook already wrote it off: then it is counted there.
             if remove_one(&mut hand_back.jobs, job.id()) {
                 handle.report_handed_back(job.id());
                 done.push(job);
@@ -501,8 +529,7 @@ impl<S: JobSource> Inner<S> {
         let left = hand_back.jobs.is_empty();
         drop(hand_back);
         if !done.is_empty() {
-            Cells::add(&self.counters.requeued, done.len() as u64);
-            Cells::sub(&self.counters.in_flight, done.len() as u64);
+            self.counters.requeued.add(done.len() as u64);
             let ids: Vec<&str> = done.iter().map(Job::id).collect();
             tracing::info!(pool = %self.name, count = ids.len(), ?ids, "jobs handed back to the queue");
         }
@@ -525,16 +552,14 @@ impl<S: JobSource> Inner<S> {
                 }
             }
         }
-        let theirs = returned.len() - ours;
-        Cells::add(&self.counters.requeued, ours as u64);
-        Cells::sub(&self.counters.in_flight, ours as u64);
-        Cells::add(&self.counters.recovered, theirs as u64);
+        self.counters.requeued.add(ours as u64);
+        self.counters.recovered.add((returned.len() - ours) as u64);
         let ids: Vec<&str> = returned.iter().map(Job::id).collect();
         tracing::info!(pool = %self.name, count = ids.len(), ?ids, "the source handed back jobs it held");
     }
 }
 
-/// Removes the first job with this id; false if there is none (already settled elsewhere).
+/// Removes the first job with this id; false if there is none.
 fn remove_one(jobs: &mut Vec<Job>, id: &str) -> bool {
     match jobs.iter().position(|job| job.id() == id) {
         Some(at) => {
@@ -545,83 +570,45 @@ fn remove_one(jobs: &mut Vec<Job>, id: &str) -> bool {
     }
 }
 
-/// Fetches and spawns jobs until intake stops, the pool stops, work is cancelled or the source
-/// closes.
-async fn fetch_loop<S: JobSource>(inner: Arc<Inner<S>>, bound: Arc<Bound>) {
-    let _done = inner.fetcher_done.clone().drop_guard();
-    let stop = {
-        let own = inner.stop.clone();
-        let cancel = bound.cancel.clone();
-        let intake = bound.handle.intake_stopped();
-        async move {
-            tokio::select! {
-                () = own.cancelled() => {}
-                () = cancel.cancelled() => {}
-                () = intake => {}
-            }
-        }
-    };
-    tokio::pin!(stop);
-    let mut ready = bound.handle.readiness();
+/// One worker (a Sidekiq processor): once the service is ready, fetches a job, runs it, settles
+/// it, and again, until it is halted or the source closes.
+async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
+    let handle = &worker.bound.handle;
+    let mut ready = handle.readiness();
     tokio::select! {
         biased;
-        () = &mut stop => return,
+        () = worker.halt.cancelled() => return,
         ready = ready.wait_for(|ready| *ready) => if ready.is_err() { return },
     }
-    tracing::debug!(pool = %inner.name, "the service is ready: fetching");
+    drop(ready);
 
+    let mut seq: u64 = 0;
     let (mut backoff, max_backoff) = FETCH_BACKOFF;
     loop {
-        let permit = match Arc::clone(&inner.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                () = &mut stop => return,
-                permit = Arc::clone(&inner.permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            },
-        };
-        if inner.must_stop(&bound) {
+        // Once halted, no fetch starts, and a pending one is dropped (fetch is cancel safe).
+        if worker.halt.is_cancelled() {
             return;
         }
-        // A ready fetch wins over a stop that arrives at the same time: the job is then handed
-        // back below, never dropped.
-        let fetched = tokio::select! {
-            biased;
-            fetched = inner.source.fetch() => fetched,
-            () = &mut stop => return,
+        let fetch = inner.source.fetch();
+        tokio::pin!(fetch);
+        // A job already waiting is taken without registering for the halt (the common case
+        // under load); otherwise wait for either, the halt first.
+        let fetched = match futures::poll!(fetch.as_mut()) {
+            Poll::Ready(fetched) => fetched,
+            Poll::Pending => tokio::select! {
+                biased;
+                () = worker.halt.cancelled() => return,
+                fetched = &mut fetch => fetched,
+            },
         };
-        match fetched {
-            Ok(Some(job)) => {
-                backoff = FETCH_BACKOFF.0;
-                Cells::add(&inner.counters.fetched, 1);
-                Cells::add(&inner.counters.in_flight, 1);
-                if inner.must_stop(&bound) {
-                    tracing::info!(pool = %inner.name, id = job.id(), "fetched after intake stopped: handing it back unrun");
-                    drop(permit);
-                    inner.queue_hand_back(job);
-                    inner.flush(&bound.handle, false).await;
-                    return;
-                }
-                let span = tracing::info_span!(
-                    "job",
-                    pool = %inner.name,
-                    id = job.id(),
-                    queue = job.queue(),
-                    attempt = job.attempt()
-                );
-                let run = run_job(Arc::clone(&inner), Arc::clone(&bound), job, permit);
-                tokio::spawn(bound.handle.track(run.instrument(span)));
-            }
+        let job = match fetched {
+            Ok(Some(job)) => job,
             Ok(None) => {
-                tracing::info!(pool = %inner.name, "the source is closed: fetching stops");
+                tracing::debug!(pool = %inner.name, "the source is closed: the worker stops");
                 return;
             }
             Err(error) => {
-                drop(permit);
-                Cells::add(&inner.counters.source_errors, 1);
+                inner.counters.source_errors.add(1);
                 tracing::warn!(
                     pool = %inner.name,
                     error = %chain(&error),
@@ -630,68 +617,97 @@ async fn fetch_loop<S: JobSource>(inner: Arc<Inner<S>>, bound: Arc<Bound>) {
                 );
                 tokio::select! {
                     biased;
-                    () = &mut stop => return,
+                    () = worker.halt.cancelled() => return,
                     () = sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(max_backoff);
+                continue;
             }
+        };
+        backoff = FETCH_BACKOFF.0;
+        inner.counters.fetched.add(1);
+        let guard = handle.work_guard();
+        // The fetch completed while intake was stopping (on another thread).
+        if worker.halt.is_cancelled() {
+            tracing::info!(pool = %inner.name, id = job.id(), "fetched after intake stopped: handing it back unrun");
+            inner.queue_hand_back(job);
+            inner.flush(handle, false).await;
+            drop(guard);
+            return;
         }
+        seq += 1;
+        let span = tracing::info_span!(
+            "job",
+            pool = %inner.name,
+            id = job.id(),
+            queue = job.queue(),
+            attempt = job.attempt()
+        );
+        let settled = AssertUnwindSafe(run(&inner, &worker, seq, job).instrument(span))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = settled {
+            inner.counters.source_errors.add(1);
+            tracing::error!(pool = %inner.name, panic = %panic_message(&*panic), "the job source panicked while settling a job");
+        }
+        drop(guard);
     }
 }
 
 /// Runs one job to its end: acked, failed, or handed back.
-async fn run_job<S: JobSource>(
-    inner: Arc<Inner<S>>,
-    bound: Arc<Bound>,
-    job: Job,
-    permit: OwnedSemaphorePermit,
-) {
-    let slot = Arc::new(Mutex::new(None));
+async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job: Job) {
     let ctx = JobContext {
-        bound: Arc::clone(&bound),
-        slot: Arc::clone(&slot),
+        worker: Arc::clone(worker),
+        seq,
     };
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(job.clone(), ctx)));
+    let for_handler = job.clone();
+    *worker.current.lock() = Some(job);
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(for_handler, ctx)));
     let ran = match started {
         Err(panic) => Some(Err(JobFailure::Panicked(panic_message(&*panic)))),
-        Ok(run) => tokio::select! {
+        Ok(handler) => tokio::select! {
             biased;
-            result = AssertUnwindSafe(run).catch_unwind() => Some(match result {
+            result = AssertUnwindSafe(handler).catch_unwind() => Some(match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => Err(JobFailure::Error(error)),
                 Err(panic) => Err(JobFailure::Panicked(panic_message(&*panic))),
             }),
-            () = bound.cancel.cancelled() => None,
+            () = worker.cancel.cancelled() => None,
         },
+    };
+    let checkpoint = worker
+        .checkpoint
+        .lock()
+        .take()
+        .and_then(|(at, job)| (at == seq).then_some(job));
+    let Some(job) = worker.current.lock().take() else {
+        tracing::warn!(pool = %inner.name, "a job ended after the exit hook had handed it back");
+        return;
     };
     match ran {
         None => {
             tracing::warn!(pool = %inner.name, id = job.id(), "cancelled at the drain deadline: handing it back");
             inner.queue_hand_back(job);
-            inner.flush(&bound.handle, false).await;
+            inner.flush(&worker.bound.handle, false).await;
         }
-        Some(Ok(())) => {
-            let checkpoint = slot.lock().take();
-            match checkpoint {
-                Some(next) => {
-                    tracing::info!(pool = %inner.name, id = next.id(), "checkpointed: handing it back");
-                    // The checkpoint replaces this delivery, whatever the handler built.
-                    let next = next
-                        .with_receipt(job.receipt().clone())
-                        .with_queue(job.shared_queue().clone());
-                    inner.queue_hand_back(next);
-                    inner.flush(&bound.handle, false).await;
-                }
-                None => {
-                    if let Err(error) = inner.source.ack(&job).await {
-                        Cells::add(&inner.counters.source_errors, 1);
-                        tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
-                    }
-                    Cells::add(&inner.counters.completed, 1);
-                    Cells::sub(&inner.counters.in_flight, 1);
-                }
+        Some(Ok(())) => match checkpoint {
+            Some(next) => {
+                tracing::info!(pool = %inner.name, id = next.id(), "checkpointed: handing it back");
+                // The checkpoint replaces this delivery, whatever the handler built.
+                let next = next
+                    .with_receipt(job.receipt().clone())
+                    .with_queue(job.shared_queue().clone());
+                inner.queue_hand_back(next);
+                inner.flush(&worker.bound.handle, false).await;
             }
-        }
+            None => {
+                if let Err(error) = inner.source.ack(&job).await {
+                    inner.counters.source_errors.add(1);
+                    tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
+                }
+                inner.counters.completed.add(1);
+            }
+        },
         Some(Err(failure)) => {
             let retry = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 inner.retry.decide(&job, &failure)
@@ -702,14 +718,12 @@ async fn run_job<S: JobSource>(
             });
             tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&failure), ?retry, "job failed");
             if let Err(error) = inner.source.fail(&job, retry).await {
-                Cells::add(&inner.counters.source_errors, 1);
+                inner.counters.source_errors.add(1);
                 tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "recording the failure failed; the job may run again");
             }
-            Cells::add(&inner.counters.failed, 1);
-            Cells::sub(&inner.counters.in_flight, 1);
+            inner.counters.failed.add(1);
         }
     }
-    drop(permit);
 }
 
 /// An error and its sources, joined with `: `.

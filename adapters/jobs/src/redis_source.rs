@@ -151,7 +151,7 @@ struct Inner {
     connect_timeout: Duration,
     /// The command connection, shared; reset after a connection error. Locked briefly.
     conn: Mutex<Option<MultiplexedConnection>>,
-    /// The fetch connection: only `fetch` uses it, one call at a time.
+    /// The fetch connection: only `fetch` uses it, one worker at a time (the others wait here).
     fetch: tokio::sync::Mutex<FetchConn>,
     /// The fetch connection's `CLIENT ID`, for `close` to kill it. Locked briefly.
     fetch_client: Mutex<Option<i64>>,

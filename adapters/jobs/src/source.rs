@@ -9,8 +9,9 @@ use crate::retry::Retry;
 /// A queue the [`JobPool`](crate::JobPool) fetches from, acknowledges to, and hands jobs back to.
 ///
 /// The pool calls [`start`](JobSource::start) once in its startup hook, then
-/// [`fetch`](JobSource::fetch) from a single fetcher task (never concurrently), then exactly one
-/// of [`ack`](JobSource::ack), [`fail`](JobSource::fail) or [`requeue`](JobSource::requeue) per
+/// [`fetch`](JobSource::fetch) from each of its `concurrency` workers — concurrently, so a source
+/// serializes fetches itself if its backend needs that — then exactly one of
+/// [`ack`](JobSource::ack), [`fail`](JobSource::fail) or [`requeue`](JobSource::requeue) per
 /// fetched job, and [`close`](JobSource::close) once in its exit hook, after every job has ended.
 ///
 /// Two sources come with this crate: [`MemorySource`](crate::MemorySource) and, with the `redis`

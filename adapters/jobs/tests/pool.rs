@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Log, TestSource, ids, init_tracing};
+use common::{Gate, Log, TestSource, ids, init_tracing};
 use futures::StreamExt;
 use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{Event, HookResult, LifecycleHandle, Outcome, Signal};
@@ -35,8 +35,10 @@ async fn hook_finished(events: &mut lifecycle_hooks::EventStream, name: &str) {
 
 /// Every fetched job ended exactly once, and none is still in flight.
 fn assert_settled(counters: Counters) {
-    assert!(counters.is_balanced(), "ledger broken: {counters:?}");
+    let ended = counters.completed + counters.failed + counters.requeued + counters.lost;
+    assert_eq!(counters.fetched, ended, "ledger broken: {counters:?}");
     assert_eq!(counters.in_flight, 0, "{counters:?}");
+    assert!(counters.is_settled());
 }
 
 async fn receive(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
@@ -468,15 +470,22 @@ async fn a_long_job_checkpoints_and_requeues_itself_when_stopping() {
     assert_settled(counters);
 }
 
-#[tokio::test(start_paused = true)]
+/// Real time on two threads: the fetch is held inside the source, blocking one thread, and a
+/// stop_intake hook releases it, so the fetch completes after intake stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_fetched_after_intake_stopped_is_handed_back_unrun() {
     init_tracing();
     let memory = MemorySource::new(10);
     fill(&memory, &["late"]).await;
     let log = Log::default();
     let source = TestSource::new(memory.clone(), log.clone());
-    let gate = source.late_fetch.clone();
-    let pool = JobPool::builder(source).build({
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    *source.gate.lock() = Some(Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let pool = JobPool::builder(source).concurrency(1).build({
         let log = log.clone();
         move |job: Job, _ctx: JobContext| {
             let log = log.clone();
@@ -486,13 +495,20 @@ async fn a_job_fetched_after_intake_stopped_is_handed_back_unrun() {
             }
         }
     });
-    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let release = parking_lot::Mutex::new(Some(release));
+    let lifecycle = testing::builder()
+        .on_stop_intake("release_fetch", move |_ctx| {
+            if let Some(release) = release.lock().take() {
+                release.send(()).unwrap();
+            }
+            async {}
+        })
+        .hooks(pool.hooks())
+        .build()
+        .unwrap();
     let handle = lifecycle.handle();
-    // The source answers the fetch only once intake has stopped.
-    gate.set(handle.clone()).unwrap();
-    let mut events = handle.subscribe();
     let run = tokio::spawn(lifecycle.run());
-    while !matches!(events.next().await, Some(Event::Ready)) {}
+    entered.recv().await.unwrap();
 
     handle.stop();
     let outcome = run.await.unwrap();
@@ -511,6 +527,36 @@ async fn a_job_fetched_after_intake_stopped_is_handed_back_unrun() {
         (1, 0, 1)
     );
     assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_whose_fetch_is_pending_at_intake_stop_stays_in_the_source() {
+    init_tracing();
+    let source = MemorySource::new(10);
+    let pool = JobPool::builder(source.clone())
+        .concurrency(3)
+        .build(|_job: Job, _ctx: JobContext| async { Ok::<(), std::io::Error>(()) });
+    let lifecycle = testing::builder()
+        .hooks(pool.hooks())
+        .on_exit("push_after_stop", {
+            let source = source.clone();
+            move |_ctx| {
+                let source = source.clone();
+                async move { source.try_push(Job::new("after", "")) }
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let mut events = handle.subscribe();
+    let run = tokio::spawn(lifecycle.run());
+    while !matches!(events.next().await, Some(Event::Ready)) {}
+    handle.stop();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    // The idle workers' fetches were dropped at intake stop: a job arriving later is not taken.
+    assert_eq!(source.queued_ids(), ["after"]);
+    assert_eq!(pool.counters().fetched, 0);
 }
 
 #[tokio::test(start_paused = true)]

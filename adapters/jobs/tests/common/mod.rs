@@ -7,11 +7,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lifecycle_hooks::{Event, LifecycleHandle};
+use lifecycle_hooks::Event;
 use lifecycle_hooks_jobs::errors::RequeueError;
 use lifecycle_hooks_jobs::{Job, JobSource, MemorySource, Retry};
 use parking_lot::Mutex;
-use tokio::sync::OnceCell;
 
 /// One ordered log for lifecycle events and handler events, so tests can assert what happened
 /// before what.
@@ -64,17 +63,24 @@ pub(crate) fn ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String
     ids.into_iter().map(str::to_owned).collect()
 }
 
-/// A [`MemorySource`] that can fail, delay and report: requeue fails a set number of times,
-/// fetch can wait for intake to stop, start can fail, and every requeue call is logged.
+/// A [`MemorySource`] that can fail, hold and report: requeue fails a set number of times,
+/// a fetch can be held inside the source, start can fail, and every call is logged.
 #[derive(Clone)]
 pub(crate) struct TestSource {
     pub(crate) inner: MemorySource,
     pub(crate) log: Log,
     /// How many requeue calls still fail (`usize::MAX`: all of them).
     pub(crate) requeue_failures: Arc<AtomicUsize>,
-    /// When set, fetch first waits for this lifecycle's intake to stop.
-    pub(crate) late_fetch: Arc<OnceCell<LifecycleHandle>>,
+    /// When set, the next fetch says so and then blocks its thread until released.
+    pub(crate) gate: Arc<Mutex<Option<Gate>>>,
     pub(crate) fail_start: bool,
+}
+
+/// Holds a fetch inside the source: `entered` fires when the fetch is in, and it returns once
+/// `release` receives.
+pub(crate) struct Gate {
+    pub(crate) entered: tokio::sync::mpsc::UnboundedSender<()>,
+    pub(crate) release: std::sync::mpsc::Receiver<()>,
 }
 
 /// The error a [`TestSource`] fails with.
@@ -88,7 +94,7 @@ impl TestSource {
             inner,
             log,
             requeue_failures: Arc::new(AtomicUsize::new(0)),
-            late_fetch: Arc::new(OnceCell::new()),
+            gate: Arc::new(Mutex::new(None)),
             fail_start: false,
         }
     }
@@ -106,8 +112,11 @@ impl JobSource for TestSource {
     }
 
     async fn fetch(&self) -> Result<Option<Job>, Refused> {
-        if let Some(handle) = self.late_fetch.get() {
-            handle.intake_stopped().await;
+        let gate = self.gate.lock().take();
+        if let Some(gate) = gate {
+            let _ = gate.entered.send(());
+            // Blocks this runtime thread on purpose: the fetch completes only when released.
+            let _ = gate.release.recv();
         }
         Ok(self
             .inner
