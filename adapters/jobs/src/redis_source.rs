@@ -166,7 +166,6 @@ struct Inner {
 #[derive(Default)]
 struct FetchConn {
     conn: Option<MultiplexedConnection>,
-    client_id: Option<i64>,
     /// A `BLMOVE` was sent and its fetch dropped before the answer: it may still take a job.
     abandoned: bool,
 }
@@ -605,7 +604,6 @@ impl JobSource for RedisSource {
                             source: error,
                         })?;
                     fetch.conn = Some(conn.clone());
-                    fetch.client_id = Some(id);
                     *self.inner.fetch_client.lock() = Some(id);
                     conn
                 }
@@ -626,7 +624,6 @@ impl JobSource for RedisSource {
                 Ok(None) => continue,
                 Err(error) => {
                     fetch.conn = None;
-                    fetch.client_id = None;
                     return Err(RedisSourceError::Command {
                         command: "BLMOVE",
                         source: error,
