@@ -196,6 +196,22 @@ impl LifecycleHandle {
         self.shared.lost.lock().push(what);
     }
 
+    /// Tells systemd a configuration reload began (`RELOADING=1` with `MONOTONIC_USEC=`, for
+    /// `Type=notify-reload`); call [`notify_reloaded`](Self::notify_reloaded) when it is done.
+    /// Does nothing without `NOTIFY_SOCKET`.
+    pub fn notify_reloading(&self) {
+        if let Some(notifier) = &self.shared.config.notifier {
+            notifier.reloading();
+        }
+    }
+
+    /// Tells systemd a reload finished (`READY=1`). Does nothing without `NOTIFY_SOCKET`.
+    pub fn notify_reloaded(&self) {
+        if let Some(notifier) = &self.shared.config.notifier {
+            notifier.send("READY=1");
+        }
+    }
+
     /// Logs the current state (phase, in-flight work, pending hooks, time left) and emits it as
     /// [`Event::StateDump`]. `SIGTTIN` does this by default.
     pub fn dump_state(&self) {

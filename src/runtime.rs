@@ -140,14 +140,32 @@ impl Lifecycle {
                 None
             }
         };
+        let watchdog = shared
+            .config
+            .notifier
+            .as_ref()
+            .and_then(|n| n.watchdog)
+            .map(|period| {
+                let handle = self.handle.clone();
+                // Fed from the runtime itself: if the runtime stalls, systemd stops hearing it.
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    loop {
+                        tick.tick().await;
+                        if let Some(notifier) = &handle.shared.config.notifier {
+                            notifier.send("WATCHDOG=1");
+                        }
+                    }
+                })
+            });
         let mut runner = Runner::new(&self.handle, &plan);
         let third = tokio::select! {
             biased;
             signal = immediate(shared) => Some(signal),
             () = runner.run_graph() => None,
         };
-        if let Some(listener) = listener {
-            listener.abort();
+        for task in [listener, watchdog].into_iter().flatten() {
+            task.abort();
         }
         runner.finish(third)
     }
@@ -286,6 +304,7 @@ impl<'a> Runner<'a> {
                 reason,
                 signal: control.signal,
             });
+            self.extend_timeout();
         }
     }
 
@@ -325,6 +344,15 @@ impl<'a> Runner<'a> {
         self.shared.events.emit(Event::PhaseStarted {
             phase: phase.clone(),
         });
+    }
+
+    /// Tells systemd the stop needs the rest of the budget (plus a second to exit).
+    fn extend_timeout(&self) {
+        if let (Some(notifier), Some(end)) = (&self.shared.config.notifier, self.end_of_budget()) {
+            notifier.extend_timeout(
+                end.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
+            );
+        }
     }
 
     fn notify(&self, state: &str) {
@@ -436,6 +464,7 @@ impl<'a> Runner<'a> {
                         time_left.as_secs_f64()
                     );
                     self.notify(&format!("STATUS=draining: {in_flight} in flight"));
+                    self.extend_timeout();
                     shared.events.emit(Event::Draining { in_flight, time_left });
                 }
             }
@@ -450,6 +479,10 @@ impl<'a> Runner<'a> {
         }
         self.settled = true;
         let shared = self.shared;
+        // An escalated or failed start skipped stop_intake and drain: their signals still hold.
+        shared.ready.send_replace(false);
+        shared.intake.cancel();
+        shared.drain.cancel();
         shared.tracker.close();
         self.forced |= shared.control.borrow().escalated();
         if shared.tracker.is_empty() {

@@ -4,9 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -16,22 +16,27 @@ use nix::unistd::Pid;
 /// synchronization: every wait below ends as soon as the line arrives).
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The example binary, built once per test run (a no-op when `cargo test --all-targets` already
+/// built it; a narrower `cargo test --test process` would otherwise run a stale one).
 fn example_binary() -> PathBuf {
-    // target/debug/deps/process-<hash> -> target/debug/examples/01_phase_tour
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let binary = dir.join("01_phase_tour");
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/01_phase_tour.rs");
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    // `cargo test --all-targets` builds the example first; a narrower run may leave it stale.
-    if modified(&binary) < modified(&source) {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "01_phase_tour"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example failed");
-    }
-    binary
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--example", "01_phase_tour", "--manifest-path"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the example failed");
+            // target/debug/deps/process-<hash> -> target/debug/examples/01_phase_tour
+            let exe = std::env::current_exe().unwrap();
+            exe.parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("examples/01_phase_tour")
+        })
+        .clone()
 }
 
 struct Tour {
@@ -101,7 +106,67 @@ impl Tour {
             self.seen.push(line);
         }
         let status = self.child.wait().unwrap();
-        (self.seen, status)
+        (std::mem::take(&mut self.seen), status)
+    }
+}
+
+/// A stand-in for systemd's notify socket that reads every datagram as it arrives (a service
+/// manager reads promptly; an unread socket fills up after a few messages).
+struct NotifySocket {
+    path: PathBuf,
+    messages: mpsc::Receiver<String>,
+}
+
+impl NotifySocket {
+    fn bind(name: &str) -> NotifySocket {
+        let dir = std::env::temp_dir().join(format!("lh-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = socket.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The next message, waiting at most `PATIENCE`.
+    fn next(&self) -> String {
+        self.messages
+            .recv_timeout(PATIENCE)
+            .expect("a notify message")
+    }
+
+    /// Every message received so far.
+    fn drain(&self) -> Vec<String> {
+        self.messages.try_iter().collect()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.path.parent().unwrap());
+    }
+}
+
+impl Drop for Tour {
+    fn drop(&mut self) {
+        // A failed test must not leave the service running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -243,22 +308,12 @@ fn work_longer_than_the_budget_is_cancelled_and_exits_2_within_the_budget() {
 
 #[test]
 fn systemd_hears_ready_then_stopping() {
-    let dir = std::env::temp_dir().join(format!("lh-process-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    let tour = Tour::start_with(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let socket = NotifySocket::bind("notify");
+    let tour = Tour::start_with(&[], &[("NOTIFY_SOCKET", socket.path())]);
     tour.signal(Signal::SIGTERM);
     let (_, status) = tour.finish();
     assert_eq!(status.code(), Some(0));
-    let mut states = Vec::new();
-    let mut buf = [0u8; 256];
-    socket.set_nonblocking(true).unwrap();
-    while let Ok(n) = socket.recv(&mut buf) {
-        states.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let states = socket.drain();
     let ready = states
         .iter()
         .position(|s| s == "READY=1")
@@ -268,7 +323,47 @@ fn systemd_hears_ready_then_stopping() {
         .position(|s| s == "STOPPING=1")
         .expect("STOPPING=1 sent");
     assert!(ready < stopping, "{states:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        states.contains(&"STATUS=phase exit".to_string()),
+        "{states:?}"
+    );
+}
+
+#[test]
+fn systemd_watchdog_is_fed_and_a_long_drain_extends_the_stop_timeout() {
+    let socket = NotifySocket::bind("watchdog");
+    let tour = Tour::start_with(
+        &["--work-ms", "1500"],
+        &[
+            ("NOTIFY_SOCKET", socket.path()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    // Half the watchdog interval: WATCHDOG=1 keeps coming while the service runs.
+    let mut watchdogs = 0;
+    while watchdogs < 3 {
+        if socket.next() == "WATCHDOG=1" {
+            watchdogs += 1;
+        }
+    }
+    tour.signal(Signal::SIGTERM);
+    let (_, status) = tour.finish();
+    assert_eq!(status.code(), Some(0));
+    let extensions: Vec<u64> = socket
+        .drain()
+        .iter()
+        .filter_map(|m| m.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .map(|usec| usec.parse().unwrap())
+        .collect();
+    // One at the trigger, then at least one more during the 1.5 s drain, each covering the rest
+    // of the 25 s budget plus a second.
+    assert!(extensions.len() >= 2, "{extensions:?}");
+    assert!(
+        extensions
+            .iter()
+            .all(|&usec| usec > 20_000_000 && usec <= 26_000_000),
+        "{extensions:?}"
+    );
 }
 
 #[test]
