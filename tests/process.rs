@@ -1,113 +1,21 @@
 //! Process tests: run the real `01_phase_tour` binary, send it real signals, read what it prints
 //! and how it exits.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use support::{PATIENCE, Service, last_position, position};
 
-/// How long any single expected line may take before the test fails (a generous bound, not a
-/// synchronization: every wait below ends as soon as the line arrives).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The example binary, built once per test run (a no-op when `cargo test --all-targets` already
-/// built it; a narrower `cargo test --test process` would otherwise run a stale one).
-fn example_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--example", "01_phase_tour", "--manifest-path"])
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .status()
-                .unwrap();
-            assert!(status.success(), "building the example failed");
-            // target/debug/deps/process-<hash> -> target/debug/examples/01_phase_tour
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/01_phase_tour")
-        })
-        .clone()
-}
-
-struct Tour {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Tour {
-    fn start(args: &[&str]) -> Tour {
-        Tour::start_with(args, &[])
-    }
-
-    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Tour {
-        let mut command = Command::new(example_binary());
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "lifecycle_hooks=info");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut tour = Tour {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        tour.expect(|l| l.starts_with("ready pid="));
-        tour
-    }
-
-    /// Reads lines until one matches; panics if the output ends or stalls first.
-    fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
-        loop {
-            match self.lines.recv_timeout(PATIENCE) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(error) => panic!("no expected line ({error}); saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Reads the rest of the output and the exit status.
-    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus) {
-        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
-            self.seen.push(line);
-        }
-        let status = self.child.wait().unwrap();
-        (std::mem::take(&mut self.seen), status)
-    }
+/// Starts `01_phase_tour`.
+fn tour(args: &[&str], env: &[(&str, &str)]) -> Service {
+    Service::start("01_phase_tour", args, env)
 }
 
 /// A stand-in for systemd's notify socket that reads every datagram as it arrives (a service
@@ -162,28 +70,6 @@ impl Drop for NotifySocket {
     }
 }
 
-impl Drop for Tour {
-    fn drop(&mut self) {
-        // A failed test must not leave the service running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn position(lines: &[String], line: &str) -> usize {
-    lines
-        .iter()
-        .position(|l| l == line)
-        .unwrap_or_else(|| panic!("`{line}` missing from {lines:#?}"))
-}
-
-fn last_position(lines: &[String], prefix: &str) -> usize {
-    lines
-        .iter()
-        .rposition(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:#?}"))
-}
-
 fn assert_graceful(lines: &[String]) {
     let phases: Vec<&str> = lines
         .iter()
@@ -217,7 +103,7 @@ fn assert_graceful(lines: &[String]) {
 
 #[test]
 fn term_runs_every_phase_in_order_and_exits_0() {
-    let tour = Tour::start(&[]);
+    let tour = tour(&[], &[]);
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
     assert_graceful(&lines);
@@ -230,7 +116,7 @@ fn term_runs_every_phase_in_order_and_exits_0() {
 
 #[test]
 fn usr2_runs_the_same_stop_and_exits_4() {
-    let tour = Tour::start(&[]);
+    let tour = tour(&[], &[]);
     tour.signal(Signal::SIGUSR2);
     let (lines, status) = tour.finish();
     assert_graceful(&lines);
@@ -243,7 +129,7 @@ fn usr2_runs_the_same_stop_and_exits_4() {
 
 #[test]
 fn tstp_quiets_and_keeps_running_until_term() {
-    let mut tour = Tour::start(&[]);
+    let mut tour = tour(&[], &[]);
     tour.signal(Signal::SIGTSTP);
     tour.expect(|l| l == "hook stop_intake close_listener ok");
     // Still running a second later: no further line, no exit.
@@ -260,7 +146,7 @@ fn tstp_quiets_and_keeps_running_until_term() {
 
 #[test]
 fn a_second_term_while_the_shutdown_hook_hangs_runs_exit_hooks_and_exits_2() {
-    let mut tour = Tour::start(&["--hook-ms", "600000"]);
+    let mut tour = tour(&["--hook-ms", "600000"], &[]);
     tour.signal(Signal::SIGTERM);
     tour.expect(|l| l == "phase shutdown");
     tour.signal(Signal::SIGTERM);
@@ -277,7 +163,7 @@ fn a_second_term_while_the_shutdown_hook_hangs_runs_exit_hooks_and_exits_2() {
 
 #[test]
 fn a_third_term_exits_at_once_with_128_plus_signo() {
-    let mut tour = Tour::start(&["--hook-ms", "600000", "--exit-hook-ms", "600000"]);
+    let mut tour = tour(&["--hook-ms", "600000", "--exit-hook-ms", "600000"], &[]);
     tour.signal(Signal::SIGTERM);
     tour.expect(|l| l == "phase shutdown");
     tour.signal(Signal::SIGTERM);
@@ -291,7 +177,10 @@ fn a_third_term_exits_at_once_with_128_plus_signo() {
 
 #[test]
 fn work_longer_than_the_budget_is_cancelled_and_exits_2_within_the_budget() {
-    let tour = Tour::start(&["--work-ms", "600000", "--shutdown-timeout-ms", "1000"]);
+    let tour = tour(
+        &["--work-ms", "600000", "--shutdown-timeout-ms", "1000"],
+        &[],
+    );
     let sent = Instant::now();
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
@@ -309,7 +198,7 @@ fn work_longer_than_the_budget_is_cancelled_and_exits_2_within_the_budget() {
 #[test]
 fn systemd_hears_ready_then_stopping() {
     let socket = NotifySocket::bind("notify");
-    let tour = Tour::start_with(&[], &[("NOTIFY_SOCKET", socket.path())]);
+    let tour = tour(&[], &[("NOTIFY_SOCKET", socket.path())]);
     tour.signal(Signal::SIGTERM);
     let (_, status) = tour.finish();
     assert_eq!(status.code(), Some(0));
@@ -332,7 +221,7 @@ fn systemd_hears_ready_then_stopping() {
 #[test]
 fn systemd_watchdog_is_fed_and_a_long_drain_extends_the_stop_timeout() {
     let socket = NotifySocket::bind("watchdog");
-    let tour = Tour::start_with(
+    let tour = tour(
         &["--work-ms", "1500"],
         &[
             ("NOTIFY_SOCKET", socket.path()),
@@ -368,7 +257,7 @@ fn systemd_watchdog_is_fed_and_a_long_drain_extends_the_stop_timeout() {
 
 #[test]
 fn ttin_dumps_state_to_the_log_and_keeps_running() {
-    let mut tour = Tour::start(&[]);
+    let mut tour = tour(&[], &[]);
     let stderr = tour.child.stderr.take().unwrap();
     let (tx, log) = mpsc::channel();
     std::thread::spawn(move || {

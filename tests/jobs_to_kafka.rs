@@ -1,0 +1,204 @@
+//! Process tests of the main demo, `examples/jobs_to_kafka.rs`: real signals to the real binary,
+//! on the embedded defaults (in-memory jobs, librdkafka's mock cluster), and a rolling restart
+//! against a real Redis and a real Kafka-protocol broker (`tansu`), both on 127.0.0.1.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../adapters/jobs/tests/redis_server/mod.rs"]
+mod redis_server;
+
+#[allow(dead_code)]
+#[path = "../adapters/kafka/tests/support/mod.rs"]
+mod kafka_support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use nix::sys::signal::Signal;
+use support::{PATIENCE, Service};
+
+/// The `summary` line's fields.
+fn summary(lines: &[String]) -> HashMap<String, String> {
+    let last = lines.last().expect("some output");
+    let fields = last
+        .strip_prefix("summary ")
+        .unwrap_or_else(|| panic!("the last line is the summary, got {last:?}"));
+    fields
+        .split(' ')
+        .map(|field| {
+            let (key, value) = field.split_once('=').expect("key=value");
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
+    summary[key].parse().unwrap()
+}
+
+/// Runs the demo, sends `signal` once it is ready, and returns the summary and exit code.
+fn run(args: &[&str], signal: Signal) -> (HashMap<String, String>, i32) {
+    let service = Service::start("jobs_to_kafka", args, &[]);
+    service.signal(signal);
+    let (lines, status) = service.finish();
+    let summary = summary(&lines);
+    // The ledger holds in every scenario.
+    assert_eq!(
+        number(&summary, "jobs_fetched"),
+        number(&summary, "jobs_completed")
+            + number(&summary, "jobs_failed")
+            + number(&summary, "jobs_requeued"),
+        "{summary:?}"
+    );
+    (summary, status.code().expect("an exit code"))
+}
+
+#[test]
+fn term_delivers_every_completed_job_and_exits_0() {
+    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGTERM);
+    assert_eq!(code, 0);
+    assert_eq!(summary["reason"], "stop");
+    assert_eq!(number(&summary, "producer_closed_errors"), 0);
+    let completed = number(&summary, "jobs_completed");
+    assert!(completed >= 8, "the in-flight jobs finished: {summary:?}");
+    assert_eq!(number(&summary, "messages_sent"), completed);
+    assert_eq!(number(&summary, "messages_delivered"), completed);
+    assert_eq!(number(&summary, "undelivered"), 0);
+}
+
+#[test]
+fn closing_the_producer_in_shutdown_fails_the_jobs_still_in_flight() {
+    let (summary, code) = run(
+        &["--job-ms", "200", "--close-producer-on", "shutdown"],
+        Signal::SIGTERM,
+    );
+    assert_eq!(code, 0);
+    let closed = number(&summary, "producer_closed_errors");
+    assert!(closed > 0, "the seed's bug, made visible: {summary:?}");
+    assert_eq!(number(&summary, "jobs_failed"), closed);
+    assert_eq!(
+        number(&summary, "messages_delivered"),
+        number(&summary, "jobs_completed")
+    );
+}
+
+#[test]
+fn usr2_stops_the_same_way_and_exits_4() {
+    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGUSR2);
+    assert_eq!(code, 4);
+    assert_eq!(summary["reason"], "restart");
+    assert_eq!(number(&summary, "producer_closed_errors"), 0);
+    assert_eq!(
+        number(&summary, "messages_delivered"),
+        number(&summary, "jobs_completed")
+    );
+}
+
+#[test]
+fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
+    let started = Instant::now();
+    let (summary, code) = run(
+        &["--job-ms", "600000", "--shutdown-timeout-ms", "1500"],
+        Signal::SIGTERM,
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        number(&summary, "jobs_requeued"),
+        8,
+        "every running job handed back"
+    );
+    assert_eq!(number(&summary, "jobs_completed"), 0);
+    assert!(started.elapsed() < PATIENCE);
+}
+
+/// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,
+/// bounded by `PATIENCE` per message), and returns every key read.
+fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "jobs-to-kafka-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut keys = Vec::new();
+    let mut distinct = BTreeSet::new();
+    while distinct.len() < expected {
+        let message = consumer
+            .poll(PATIENCE)
+            .unwrap_or_else(|| panic!("{} of {expected} keys after waiting", distinct.len()))
+            .expect("a message");
+        let key = String::from_utf8(message.key().expect("a key").to_vec()).unwrap();
+        distinct.insert(key.clone());
+        keys.push(key);
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restarts_under_load_lose_no_job() {
+    const JOBS: usize = 400;
+    const RESTARTS: usize = 4;
+    let redis = redis_server::RedisServer::start();
+    let broker = kafka_support::Broker::tansu().await;
+    let topic = broker.topic("jobs-to-kafka", 2).await;
+    let servers = broker.bootstrap_servers();
+    let url = redis.url();
+    let common = [
+        "--redis",
+        &url,
+        "--queue",
+        "orders",
+        "--brokers",
+        &servers,
+        "--topic",
+        &topic,
+        "--job-ms",
+        "20",
+        "--concurrency",
+        "8",
+    ];
+    let jobs = JOBS.to_string();
+    let mut completed = 0;
+    // Restart under load: each run is signalled as soon as it is ready, with jobs in flight.
+    for cycle in 0..RESTARTS {
+        let mut args = common.to_vec();
+        if cycle == 0 {
+            args.extend(["--enqueue", &jobs]);
+        }
+        let (summary, code) = tokio::task::block_in_place(|| run(&args, Signal::SIGUSR2));
+        assert_eq!(code, 4, "cycle {cycle}: {summary:?}");
+        assert_eq!(number(&summary, "producer_closed_errors"), 0);
+        assert_eq!(number(&summary, "undelivered"), 0);
+        completed += number(&summary, "jobs_completed");
+    }
+    // A last run works off the rest; once every key is on the topic, stop it.
+    let last = tokio::task::block_in_place(|| Service::start("jobs_to_kafka", &common, &[]));
+    let keys = tokio::task::block_in_place(|| read_keys(&servers, &topic, 2, JOBS));
+    last.signal(Signal::SIGTERM);
+    let (lines, status) = last.finish();
+    assert_eq!(status.code(), Some(0));
+    completed += number(&summary(&lines), "jobs_completed");
+
+    let distinct: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), JOBS);
+    assert!(distinct.iter().all(|key| key.starts_with("job-")));
+    assert!(completed >= JOBS as u64, "{completed} runs completed");
+    let source = lifecycle_hooks_jobs::RedisSource::builder(redis.client(), "orders")
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        source.queued().await.unwrap().is_empty(),
+        "nothing left queued"
+    );
+}

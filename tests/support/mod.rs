@@ -1,0 +1,134 @@
+//! A harness for process tests: run an example binary, read its stdout line by line, send it
+//! real signals, and collect how it exits.
+
+#![allow(dead_code)] // Each test file uses a different part.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single expected line may take before the test fails (a generous bound, not a
+/// synchronization: every wait ends as soon as the line arrives).
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The binary of `example`, built once per test run (a no-op when `cargo test --all-targets`
+/// already built it; a narrower `cargo test --test x` would otherwise run a stale one).
+pub(crate) fn example_binary(example: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|e| e == example) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", example, "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the example {example} failed");
+        built.push(example.to_owned());
+    }
+    // target/debug/deps/<test>-<hash> -> target/debug/examples/<example>
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("examples")
+    })
+    .join(example)
+}
+
+/// A running example whose stdout is read line by line; killed on drop if still running.
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    pub(crate) lines: mpsc::Receiver<String>,
+    pub(crate) seen: Vec<String>,
+}
+
+impl Service {
+    /// Starts `example` with `args` and `env`, and waits for its `ready pid=` line.
+    pub(crate) fn start(example: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut command = Command::new(example_binary(example));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "lifecycle_hooks=info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut service = Service {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        service.expect(|l| l.starts_with("ready pid="));
+        service
+    }
+
+    /// Reads lines until one matches; panics if the output ends or stalls first.
+    pub(crate) fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(error) => panic!("no expected line ({error}); saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Sends a real signal to the process.
+    pub(crate) fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Reads the rest of the output and the exit status.
+    pub(crate) fn finish(mut self) -> (Vec<String>, ExitStatus) {
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        let status = self.child.wait().unwrap();
+        (std::mem::take(&mut self.seen), status)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // A failed test must not leave the service running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where `line` is in `lines`; panics naming it if absent.
+pub(crate) fn position(lines: &[String], line: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("`{line}` missing from {lines:#?}"))
+}
+
+/// Where the last line starting with `prefix` is; panics if none.
+pub(crate) fn last_position(lines: &[String], prefix: &str) -> usize {
+    lines
+        .iter()
+        .rposition(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:#?}"))
+}
