@@ -129,6 +129,25 @@ fn kubernetes_readiness_probe_asks_ready_on_the_served_port_and_nothing_restarts
         served,
         "the probe's port {port:?} is a port of the container"
     );
+    // And the demo is told to serve /ready there.
+    let args: Vec<&str> = container["args"]
+        .as_vec()
+        .map_or(&[][..], |a| a.as_slice())
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let http_port = args
+        .iter()
+        .position(|a| *a == "--http-port")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|p| p.parse::<i64>().ok())
+        .expect("jobs_to_kafka is started with --http-port");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["containerPort"].as_i64() == Some(http_port)),
+        "--http-port {http_port} is a port of the container"
+    );
     // /ready never flaps: one 503 means stopping or quiet, so one is enough.
     assert_eq!(probe["failureThreshold"].as_i64(), Some(1));
     assert_eq!(probe["successThreshold"].as_i64(), Some(1));
