@@ -4,11 +4,9 @@
 //! listener, and the process exits 0; a request longer than the drain deadline is cancelled and the
 //! exit is forced (status 2).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
@@ -16,151 +14,46 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use support::{PATIENCE, Service};
 use tokio::net::TcpStream;
-
-/// How long any single expected event may take before the test fails (a bound, not a
-/// synchronization: every wait below ends as soon as its event arrives).
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Client tasks that keep `/work` requests going.
 const CLIENTS: usize = 4;
 
-fn example_binary() -> PathBuf {
-    // target/debug/deps/axum-<hash> -> target/debug/examples/03_axum
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/03_axum");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/03_axum.rs");
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    // `cargo test --all-targets` builds the example first; a narrower run may leave it stale.
-    if modified(&binary) < modified(&source) {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "03_axum"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example failed");
-    }
-    binary
-}
-
-/// The running example and its stdout, line by line.
+/// The running example and the address it serves.
 struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    service: Service,
     addr: SocketAddr,
-    /// The server's log (stderr), shown when a test fails.
-    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(example_binary())
-            .args(["--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "lifecycle_hooks=info")
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = std::sync::Arc::<std::sync::Mutex<String>>::default();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            lines,
-            seen: Vec::new(),
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log,
-        };
-        let ready = server.expect(|l| l.starts_with("ready pid="));
-        let addr = ready
+        let mut all = vec!["--port", "0"];
+        all.extend(args);
+        let service = Service::start("03_axum", &all, &[]);
+        let ready = service.seen.last().expect("the ready line").clone();
+        let addr: SocketAddr = ready
             .split_once(" addr=")
             .expect("ready names its address")
-            .1;
-        server.addr = addr.parse().expect("ready names ip:port");
-        assert!(server.addr.ip().is_loopback(), "listens on 127.0.0.1 only");
-        assert_ne!(server.addr.port(), 0, "--port 0 picks a free port");
-        server
+            .1
+            .parse()
+            .expect("ready names ip:port");
+        assert!(addr.ip().is_loopback(), "listens on 127.0.0.1 only");
+        assert_ne!(addr.port(), 0, "--port 0 picks a free port");
+        Server { service, addr }
     }
 
-    /// Reads lines until one matches; panics if the output ends or stalls first.
     fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
-        loop {
-            match self.lines.recv_timeout(PATIENCE) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(error) => panic!("no expected line ({error}); saw {:#?}", self.seen),
-            }
-        }
+        self.service.expect(matches)
     }
 
     fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        self.service.signal(signal);
     }
 
-    /// Reads the rest of the output (it ends when the process exits) and the exit status.
-    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus) {
-        loop {
-            match self.lines.recv_timeout(PATIENCE) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!("the server did not exit; saw {:#?}", self.seen);
-                }
-            }
-        }
-        let status = self.child.wait().unwrap();
-        (std::mem::take(&mut self.seen), status)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("server stdout: {:#?}", self.seen);
-            eprintln!(
-                "server log:\n{}",
-                self.log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-        // Only when a test failed half-way: never leave the server running.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn finish(self) -> (Vec<String>, std::process::ExitStatus) {
+        self.service.finish()
     }
 }
 

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -133,7 +132,7 @@ fn tstp_quiets_and_keeps_running_until_term() {
     tour.signal(Signal::SIGTSTP);
     tour.expect(|l| l == "hook stop_intake close_listener ok");
     // Still running a second later: no further line, no exit.
-    match tour.lines.recv_timeout(Duration::from_secs(1)) {
+    match tour.next_within(Duration::from_secs(1)) {
         Err(mpsc::RecvTimeoutError::Timeout) => {}
         other => panic!("quiet must keep running and print nothing more, got {other:?}"),
     }
@@ -151,7 +150,14 @@ fn a_second_term_while_the_shutdown_hook_hangs_runs_exit_hooks_and_exits_2() {
     tour.expect(|l| l == "phase shutdown");
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
-    assert!(position(&lines, "hook shutdown announce abandoned") < position(&lines, "phase exit"));
+    // The hook is abandoned mid-run, or skipped if the second signal beat its start.
+    let announce = lines
+        .iter()
+        .position(|l| {
+            l == "hook shutdown announce abandoned" || l == "hook shutdown announce skipped"
+        })
+        .unwrap_or_else(|| panic!("the shutdown hook is cut short: {lines:#?}"));
+    assert!(announce < position(&lines, "phase exit"));
     position(&lines, "hook exit close_producer ok");
     assert!(!lines.iter().any(|l| l == "phase wait"), "wait is skipped");
     assert_eq!(
@@ -258,22 +264,8 @@ fn systemd_watchdog_is_fed_and_a_long_drain_extends_the_stop_timeout() {
 #[test]
 fn ttin_dumps_state_to_the_log_and_keeps_running() {
     let mut tour = tour(&[], &[]);
-    let stderr = tour.child.stderr.take().unwrap();
-    let (tx, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     tour.signal(Signal::SIGTTIN);
-    let dump = loop {
-        let line = log.recv_timeout(PATIENCE).expect("a state dump on stderr");
-        if line.contains("pending_hooks") {
-            break line;
-        }
-    };
+    let dump = tour.expect_log(|line| line.contains("pending_hooks"));
     assert!(dump.contains("phase=running"), "{dump}");
     assert!(dump.contains("in_flight=3"), "{dump}");
     assert!(dump.contains("exit/close_producer"), "{dump}");

@@ -39,11 +39,28 @@ pub(crate) fn example_binary(example: &str) -> PathBuf {
     .join(example)
 }
 
-/// A running example whose stdout is read line by line; killed on drop if still running.
+/// A running example whose stdout and stderr are read line by line as they come (so neither pipe
+/// ever fills); killed on drop if still running, with its output shown if the test failed.
 pub(crate) struct Service {
     pub(crate) child: Child,
-    pub(crate) lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<String>,
     pub(crate) seen: Vec<String>,
+    log: mpsc::Receiver<String>,
+    log_seen: Vec<String>,
+}
+
+/// Sends every line `from` produces to a channel, on its own thread.
+fn read_lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Service {
@@ -60,26 +77,20 @@ impl Service {
             command.env(key, value);
         }
         let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(child.stdout.take().unwrap());
+        let log = read_lines(child.stderr.take().unwrap());
         let mut service = Service {
             child,
             lines,
             seen: Vec::new(),
+            log,
+            log_seen: Vec::new(),
         };
         service.expect(|l| l.starts_with("ready pid="));
         service
     }
 
-    /// Reads lines until one matches; panics if the output ends or stalls first.
+    /// Reads stdout until a line matches; panics if the output ends or stalls first.
     pub(crate) fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
         loop {
             match self.lines.recv_timeout(PATIENCE) {
@@ -94,15 +105,55 @@ impl Service {
         }
     }
 
+    /// The next stdout line if one comes within `wait` (to check that nothing more happens).
+    pub(crate) fn next_within(&mut self, wait: Duration) -> Result<String, mpsc::RecvTimeoutError> {
+        let line = self.lines.recv_timeout(wait)?;
+        self.seen.push(line.clone());
+        Ok(line)
+    }
+
+    /// Reads stderr (the log) until a line matches; panics if it ends or stalls first.
+    pub(crate) fn expect_log(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.log.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.log_seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(error) => panic!("no expected log line ({error}); saw {:#?}", self.log_seen),
+            }
+        }
+    }
+
+    /// Everything logged on stderr so far.
+    pub(crate) fn log(&mut self) -> String {
+        self.log_seen.extend(self.log.try_iter());
+        self.log_seen.join("\n")
+    }
+
     /// Sends a real signal to the process.
     pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
-    /// Reads the rest of the output and the exit status.
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads the rest of stdout (it ends when the process exits) and the exit status; panics if
+    /// the output stalls.
     pub(crate) fn finish(mut self) -> (Vec<String>, ExitStatus) {
-        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
-            self.seen.push(line);
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the service did not exit; saw {:#?}", self.seen)
+                }
+            }
         }
         let status = self.child.wait().unwrap();
         (std::mem::take(&mut self.seen), status)
@@ -111,9 +162,15 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        // A failed test must not leave the service running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("service stdout: {:#?}", self.seen);
+            eprintln!("service log:\n{}", self.log());
+        }
+        // Only when a test failed half-way: never leave the service running.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
