@@ -2,7 +2,6 @@
 //! counters, its waiting senders, and `tracing`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -10,18 +9,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::oneshot;
 
+use crate::delivery::{Delivery, Pending};
 use crate::errors::SendError;
-use crate::producer::Delivery;
 use crate::state::{Report, Shared};
-
-/// Travels with each message through librdkafka and comes back in its delivery report.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) queued_at: Instant,
-    pub(crate) reply: oneshot::Sender<Result<Delivery, SendError>>,
-}
 
 /// The context of the producer's librdkafka client.
 pub(crate) struct DeliveryContext {
@@ -53,10 +44,11 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Pending>;
+    type DeliveryOpaque = Arc<Pending>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        let latency = pending.queued_at.elapsed();
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        let clock = &self.shared.clock;
+        let latency = clock.delta(pending.queued_at, clock.raw());
         let (report, reply) = match result {
             Ok(message) => {
                 tracing::trace!(
@@ -100,7 +92,7 @@ impl ProducerContext for DeliveryContext {
             }
         };
         // The sender may have stopped waiting (its future was dropped): the report still counts.
-        let _ = pending.reply.send(reply);
+        pending.complete(reply);
         self.shared.record_report(report);
     }
 }

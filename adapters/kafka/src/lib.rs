@@ -7,15 +7,17 @@
 
 mod cluster;
 mod context;
+mod delivery;
 pub mod errors;
 mod producer;
 mod state;
 
 pub use cluster::MockCluster;
+pub use delivery::{Delivery, DeliveryFuture};
 pub use errors::{CloseError, ProducerClosed, SendError};
 pub use producer::{
-    CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_HOOK_NAME, DEFAULT_QUEUE_TIMEOUT, Delivery,
-    DeliveryFuture, Producer, ProducerBuilder,
+    CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_HOOK_NAME, DEFAULT_QUEUE_TIMEOUT, Producer,
+    ProducerBuilder,
 };
 pub use state::ProducerStats;
 

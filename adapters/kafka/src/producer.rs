@@ -2,11 +2,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifecycle_hooks::{HookContext, HookSpec, Phase};
 use rdkafka::ClientConfig;
@@ -15,10 +12,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, FutureRecord, Producer as _, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::OnceCell;
 
 use crate::cluster::MockCluster;
-use crate::context::{DeliveryContext, Pending};
+use crate::context::DeliveryContext;
+use crate::delivery::{Delivery, DeliveryFuture, Pending};
 use crate::errors::{BuildError, CloseError, ProducerClosed, SendError};
 use crate::state::{ProducerStats, Shared};
 
@@ -117,18 +115,6 @@ impl Drop for Inner {
     }
 }
 
-/// Where a message was delivered, and how long it took.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Delivery {
-    /// The partition the message was written to.
-    pub partition: i32,
-    /// Its offset in the partition.
-    pub offset: i64,
-    /// From the moment it was queued to the broker's acknowledgement.
-    pub latency: Duration,
-}
-
 /// What a close did: how much it flushed and how long it took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -141,34 +127,10 @@ pub struct CloseReport {
     pub stats: ProducerStats,
 }
 
-/// The delivery result of a message queued with [`Producer::try_send`].
-///
-/// Dropping it does not cancel the message: it is still delivered (or purged at close) and
-/// counted.
-#[derive(Debug)]
-#[must_use = "the delivery result tells whether the message reached the broker"]
-pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<Delivery, SendError>>,
-}
-
-impl Future for DeliveryFuture {
-    type Output = Result<Delivery, SendError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|result| {
-            // librdkafka reports every queued message, purging at worst; a missing report means
-            // the client was destroyed under the message.
-            result.unwrap_or(Err(SendError::Delivery {
-                source: KafkaError::Canceled,
-            }))
-        })
-    }
-}
-
 /// Why a hand-over to librdkafka did not happen.
 enum Refused<'a, K: ToBytes + ?Sized, P: ToBytes + ?Sized> {
     Closed,
-    Full(BaseRecord<'a, K, P, Box<Pending>>),
+    Full(BaseRecord<'a, K, P, Arc<Pending>>),
     Error(KafkaError),
 }
 
@@ -208,10 +170,10 @@ impl Producer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let (reply, rx) = oneshot::channel();
-        let mut record = into_base(record, reply);
+        let (pending, delivery) = Pending::new(self.inner.shared.clock.raw());
+        let mut record = into_base(record, pending);
         let Err(refused) = self.hand_over(record) else {
-            return DeliveryFuture { rx }.await;
+            return delivery.await;
         };
         let Refused::Full(back) = refused else {
             return Err(refused.into_error(Duration::ZERO));
@@ -233,7 +195,7 @@ impl Producer {
             match self.hand_over(record) {
                 Ok(()) => {
                     drop(waiter);
-                    return DeliveryFuture { rx }.await;
+                    return delivery.await;
                 }
                 Err(Refused::Full(back)) => record = back,
                 Err(refused) => return Err(refused.into_error(self.inner.queue_timeout)),
@@ -269,9 +231,9 @@ impl Producer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let (reply, rx) = oneshot::channel();
-        match self.hand_over(into_base(record, reply)) {
-            Ok(()) => Ok(DeliveryFuture { rx }),
+        let (pending, delivery) = Pending::new(self.inner.shared.clock.raw());
+        match self.hand_over(into_base(record, pending)) {
+            Ok(()) => Ok(delivery),
             Err(refused) => Err(refused.into_error(Duration::ZERO)),
         }
     }
@@ -280,7 +242,7 @@ impl Producer {
     /// Non-blocking: librdkafka refuses rather than waits when its queue is full.
     fn hand_over<'a, K, P>(
         &self,
-        record: BaseRecord<'a, K, P, Box<Pending>>,
+        record: BaseRecord<'a, K, P, Arc<Pending>>,
     ) -> Result<(), Refused<'a, K, P>>
     where
         K: ToBytes + ?Sized,
@@ -500,8 +462,8 @@ impl fmt::Debug for Producer {
 
 fn into_base<'a, K, P>(
     record: FutureRecord<'a, K, P>,
-    reply: oneshot::Sender<Result<Delivery, SendError>>,
-) -> BaseRecord<'a, K, P, Box<Pending>>
+    pending: Arc<Pending>,
+) -> BaseRecord<'a, K, P, Arc<Pending>>
 where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
@@ -513,10 +475,7 @@ where
         key: record.key,
         timestamp: record.timestamp,
         headers: record.headers,
-        delivery_opaque: Box::new(Pending {
-            queued_at: Instant::now(),
-            reply,
-        }),
+        delivery_opaque: pending,
     }
 }
 

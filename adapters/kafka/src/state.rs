@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     settled: Notify,
     /// Notified when a delivery report frees room in librdkafka's queue and someone waits.
     space: Notify,
+    /// Times delivery latency: raw counter readings when queued and reported.
+    pub(crate) clock: quanta::Clock,
 }
 
 /// Counters only the delivery callback writes.
@@ -149,7 +151,10 @@ impl Shared {
                 reports.delivered.fetch_add(1, Ordering::Relaxed);
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 reports.latency_total_us.fetch_add(us, Ordering::Relaxed);
-                reports.latency_max_us.fetch_max(us, Ordering::Relaxed);
+                // Most reports are not a new maximum: skip the read-modify-write for them.
+                if us > reports.latency_max_us.load(Ordering::Relaxed) {
+                    reports.latency_max_us.fetch_max(us, Ordering::Relaxed);
+                }
             }
             Report::Failed { purged } => {
                 reports.failed.fetch_add(1, Ordering::Relaxed);
