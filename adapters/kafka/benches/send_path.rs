@@ -191,7 +191,7 @@ fn send_path(c: &mut Criterion) {
         group.sampling_mode(SamplingMode::Flat);
         if group_name == "queue_1000" {
             // Each iteration also waits out two lingers and runs the other side, unmeasured.
-            group.measurement_time(Duration::from_secs(3));
+            group.measurement_time(Duration::from_secs(5));
         }
         for (side, name) in sides {
             let pair = Pair::new(&runtime, &cluster, format!("{group_name}-{name}"), linger);
@@ -220,7 +220,7 @@ fn send_path(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .sample_size(40)
+        .sample_size(50)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(6));
     targets = send_path
