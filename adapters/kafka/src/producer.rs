@@ -53,8 +53,8 @@ const HOOK_MARGIN: Duration = Duration::from_millis(50);
 /// gets `ProducerClosed`, never lost silently.
 ///
 /// Never rely on dropping the producer to flush it: librdkafka's destructor purges what is
-/// still queued and the messages are lost without a report. Dropping an unclosed producer with
-/// messages in flight logs an error.
+/// still queued, and those messages are lost without reaching the lifecycle's outcome. Dropping
+/// an unclosed producer with messages in flight logs an error.
 ///
 /// Without [`bootstrap_servers`](ProducerBuilder::bootstrap_servers) it starts librdkafka's
 /// mock cluster in-process ([`MockCluster`]), so it runs with no broker.
@@ -165,6 +165,10 @@ impl Producer {
     ///
     /// Once the message is queued, dropping the future does not unqueue it: it is still
     /// delivered (or purged at close) and counted. Before that, nothing was sent.
+    ///
+    /// # Panics
+    ///
+    /// If the queue is full and the send must wait outside a tokio runtime with a timer.
     pub async fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<Delivery, SendError>
     where
         K: ToBytes + ?Sized,
@@ -286,6 +290,10 @@ impl Producer {
     ///
     /// The producer stays closed to new sends if the future is dropped; a later call resumes
     /// the flush.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with a timer (the purge runs on its blocking pool).
     pub async fn close(&self, timeout: Duration) -> Result<CloseReport, CloseError> {
         self.inner
             .closed
@@ -305,9 +313,11 @@ impl Producer {
             timeout_ms = timeout.as_millis() as u64,
             "closing the Kafka producer: flushing"
         );
-        // A zero-timeout flush wakes librdkafka's broker threads so queued messages go out now
-        // rather than after `linger.ms`; the wait itself is on our own delivery count, woken by
-        // each report (librdkafka's `flush` would poll in 100 ms steps).
+        // A nudge: a zero-timeout flush wakes librdkafka's broker threads with its "flushing"
+        // flag set, and a thread that runs before the flag is cleared sends without waiting out
+        // `linger.ms`; either way queued messages go out within `linger.ms`. The wait itself is
+        // on our own delivery count, woken by each report (rdkafka's blocking `flush` would
+        // notice the end only at its next 100 ms poll).
         let _ = self.inner.client.flush(Duration::ZERO);
         let reserve = (timeout / 10).min(PURGE_RESERVE);
         let flushed = shared
