@@ -10,9 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use support::Contender;
 
 fn tracked_work(c: &mut Criterion) {
@@ -25,14 +23,13 @@ fn tracked_work(c: &mut Criterion) {
     let sizes: &[usize] = if benching { &[10_000, 100_000] } else { &[100] };
     for &n in sizes {
         group.throughput(Throughput::Elements(n as u64));
+        group.warm_up_time(Duration::from_millis(500));
         if n >= 100_000 {
             group.sample_size(10);
-            group.warm_up_time(Duration::from_millis(500));
-            group.measurement_time(Duration::from_secs(4));
+            group.measurement_time(Duration::from_secs(5));
         } else {
-            group.sample_size(20);
-            group.warm_up_time(Duration::from_millis(500));
-            group.measurement_time(Duration::from_secs(3));
+            group.sample_size(30);
+            group.measurement_time(Duration::from_secs(4));
         }
         for contender in Contender::ALL {
             group.bench_with_input(BenchmarkId::new(contender.name(), n), &n, |b, &n| {
@@ -51,5 +48,60 @@ fn tracked_work(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tracked_work);
-criterion_main!(benches);
+/// Paired rounds: every round runs the three contenders one after the other (rotating which goes
+/// first), so each ratio compares rounds that saw the same machine at nearly the same moment; the
+/// medians of those per-round ratios are the figures the targets are checked against.
+fn paired(runtime: &tokio::runtime::Runtime, n: usize, rounds: usize) {
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds + 2 {
+        let mut these = [0.0; 3];
+        for k in 0..3 {
+            let at = (round + k) % 3;
+            let contender = Contender::ALL[at];
+            let start = Instant::now();
+            runtime
+                .block_on(runtime.spawn(contender.round(n)))
+                .expect("the round does not panic");
+            these[at] = start.elapsed().as_secs_f64() * 1e3;
+        }
+        // The first two rounds warm up.
+        if round >= 2 {
+            for (all, this) in times.iter_mut().zip(these) {
+                all.push(this);
+            }
+        }
+    }
+    let [lifecycle, tracker, graceful] = &times;
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    let over_floor = support::Spread::of(ratio(lifecycle, tracker));
+    let peer_over_us = support::Spread::of(ratio(graceful, lifecycle));
+    println!(
+        "| {n} | {rounds} | {} | {} | {} | {} | {} |",
+        support::Spread::of(lifecycle.clone()).show(2, " ms"),
+        support::Spread::of(tracker.clone()).show(2, " ms"),
+        support::Spread::of(graceful.clone()).show(1, " ms"),
+        over_floor.show(2, "×"),
+        peer_over_us.show(1, "×"),
+    );
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    tracked_work(&mut criterion);
+    let benching = std::env::args().any(|a| a == "--bench");
+    let runtime = support::multi_thread();
+    println!();
+    println!("paired rounds (median [p10 – p90]):");
+    println!(
+        "| N | rounds | lifecycle_hooks | task_tracker | tokio_graceful_shutdown | lifecycle_hooks / task_tracker | tokio_graceful_shutdown / lifecycle_hooks |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    if benching {
+        paired(&runtime, 10_000, 40);
+        paired(&runtime, 100_000, 8);
+    } else {
+        paired(&runtime, 100, 3);
+    }
+    criterion.final_summary();
+}

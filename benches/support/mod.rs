@@ -207,3 +207,32 @@ impl Summary {
 
     pub(crate) const HEADER: &'static str = "| case | runs | min µs | p10 µs | median µs | p90 µs | p99 µs | max µs |\n|---|---|---|---|---|---|---|---|";
 }
+
+/// Median and 10th/90th percentiles of a sample of plain numbers.
+#[derive(Debug)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) p10: f64,
+    pub(crate) p90: f64,
+}
+
+impl Spread {
+    pub(crate) fn of(mut xs: Vec<f64>) -> Spread {
+        assert!(!xs.is_empty(), "no samples");
+        xs.sort_by(f64::total_cmp);
+        let at = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+        Spread {
+            median: at(0.5),
+            p10: at(0.1),
+            p90: at(0.9),
+        }
+    }
+
+    /// `median [p10 – p90]` with `digits` decimals and `unit` after each number.
+    pub(crate) fn show(&self, digits: usize, unit: &str) -> String {
+        format!(
+            "**{:.digits$}{unit}** [{:.digits$} – {:.digits$}]",
+            self.median, self.p10, self.p90
+        )
+    }
+}
