@@ -293,6 +293,8 @@ impl Builder {
             intake: CancellationToken::new(),
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
+            cancel_wake: Arc::default(),
+            cancel_fired: std::sync::atomic::AtomicBool::new(false),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),
@@ -369,24 +371,36 @@ fn order_phases(custom: &[PhaseSpec]) -> Result<Vec<Phase>, BuildError> {
 /// Drops repeated registrations of the same hook (same name, same origin); rejects two different
 /// hooks with one name.
 fn dedupe(hooks: Vec<HookSpec>) -> Result<Vec<HookSpec>, BuildError> {
-    let mut seen: HashMap<Cow<'static, str>, usize> = HashMap::new();
-    let mut out: Vec<HookSpec> = Vec::with_capacity(hooks.len());
-    for hook in hooks {
-        if let Some(&at) = seen.get(&hook.name) {
-            let first = &out[at];
-            if first.origin.is_some() && first.origin == hook.origin && first.phase == hook.phase {
-                continue;
+    let mut keep = vec![true; hooks.len()];
+    {
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(hooks.len());
+        for (i, hook) in hooks.iter().enumerate() {
+            if let Some(&at) = seen.get(&*hook.name) {
+                let first = &hooks[at];
+                if first.origin.is_some()
+                    && first.origin == hook.origin
+                    && first.phase == hook.phase
+                {
+                    keep[i] = false;
+                    continue;
+                }
+                return Err(BuildError::DuplicateHook {
+                    name: hook.name.to_string(),
+                    first: first.phase.to_string(),
+                    second: hook.phase.to_string(),
+                });
             }
-            return Err(BuildError::DuplicateHook {
-                name: hook.name.to_string(),
-                first: first.phase.to_string(),
-                second: hook.phase.to_string(),
-            });
+            seen.insert(&hook.name, i);
         }
-        seen.insert(hook.name.clone(), out.len());
-        out.push(hook);
     }
-    Ok(out)
+    if keep.iter().all(|&k| k) {
+        return Ok(hooks);
+    }
+    Ok(hooks
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(h, k)| k.then_some(h))
+        .collect())
 }
 
 /// Places every hook in its phase, in run order.
@@ -406,35 +420,36 @@ fn plan_hooks(
             });
         }
     }
-    let mut by_phase: Vec<Vec<(usize, HookSpec)>> = vec![Vec::new(); phases.len()];
-    let mut phase_of: HashMap<Cow<'static, str>, usize> = HashMap::new();
-    for (registered, hook) in hooks.into_iter().enumerate() {
+    let mut by_phase: Vec<Vec<usize>> = vec![Vec::new(); phases.len()];
+    let mut phase_of: HashMap<&str, usize> = HashMap::with_capacity(hooks.len());
+    for (registered, hook) in hooks.iter().enumerate() {
         let Some(&at) = position.get(&hook.phase) else {
             return Err(BuildError::UnknownPhase {
                 user: format!("hook `{}`", hook.name),
                 phase: hook.phase.to_string(),
             });
         };
-        phase_of.insert(hook.name.clone(), at);
-        by_phase[at].push((registered, hook));
+        phase_of.insert(&hook.name, at);
+        by_phase[at].push(registered);
     }
+    let mut slots: Vec<Option<HookSpec>> = hooks.iter().map(|_| None).collect();
 
     let names: Vec<String> = phases.iter().map(Phase::to_string).collect();
     let mut planned = Vec::with_capacity(phases.len());
-    for (at, (phase, hooks)) in phases.into_iter().zip(by_phase).enumerate() {
-        let local: HashMap<&str, usize> = hooks
+    for (at, (phase, members)) in phases.iter().cloned().zip(&by_phase).enumerate() {
+        let local: HashMap<&str, usize> = members
             .iter()
             .enumerate()
-            .map(|(i, (_, h))| (&*h.name, i))
+            .map(|(i, &r)| (&*hooks[r].name, i))
             .collect();
         let mut edges = Vec::new();
-        for (i, (_, hook)) in hooks.iter().enumerate() {
+        for (i, hook) in members.iter().map(|&r| &hooks[r]).enumerate() {
             let deps = hook.after.iter().map(|d| ("after", d));
             for (relation, dependency) in deps.chain(hook.before.iter().map(|d| ("before", d))) {
                 let j = match local.get(&**dependency) {
                     Some(&j) => j,
                     None => {
-                        return Err(match phase_of.get(dependency) {
+                        return Err(match phase_of.get(&**dependency) {
                             Some(&other) => BuildError::CrossPhaseDependency {
                                 hook: hook.name.to_string(),
                                 phase: phase.to_string(),
@@ -453,7 +468,7 @@ fn plan_hooks(
                 edges.push(if relation == "after" { (j, i) } else { (i, j) });
             }
             if let Some(startup) = &hook.teardown_of {
-                let problem = match phase_of.get(startup) {
+                let problem = match phase_of.get(&**startup) {
                     None => Some("no hook of that name is registered"),
                     Some(&other) if other >= running => {
                         Some("that hook does not run before `running`")
@@ -473,35 +488,48 @@ fn plan_hooks(
         // Startup side in registration order; teardown side in reverse (Sidekiq, fx).
         let teardown = at > running;
         let rank = |v: usize| {
-            let registered = hooks[v].0 as i64;
+            let registered = members[v] as i64;
             if teardown { -registered } else { registered }
         };
         let (sorted, levels) =
-            graph::order(hooks.len(), &edges, rank).map_err(|cycle| BuildError::HookCycle {
+            graph::order(members.len(), &edges, rank).map_err(|cycle| BuildError::HookCycle {
                 phase: phase.to_string(),
-                cycle: cycle.iter().map(|&v| hooks[v].1.name.to_string()).collect(),
+                cycle: cycle
+                    .iter()
+                    .map(|&v| hooks[members[v]].name.to_string())
+                    .collect(),
             })?;
-        let mut slots: Vec<Option<HookSpec>> = hooks.into_iter().map(|(_, h)| Some(h)).collect();
-        let planned_hooks = sorted
-            .into_iter()
-            .map(|v| {
-                let spec = slots[v].take().expect("each hook is placed once");
-                PlannedHook {
-                    name: spec.name,
-                    timeout: spec.timeout,
-                    teardown_of: spec.teardown_of,
-                    hook: spec.hook,
-                    level: levels[v],
-                }
-            })
-            .collect();
-        planned.push(PlannedPhase {
-            builtin: phase.builtin(),
-            concurrent: concurrent.contains(&phase),
-            phase,
-            hooks: planned_hooks,
-        });
+        planned.push((phase, sorted, levels));
     }
+    drop(phase_of);
+    for (r, hook) in hooks.into_iter().enumerate() {
+        slots[r] = Some(hook);
+    }
+    let planned: Vec<PlannedPhase> = planned
+        .into_iter()
+        .zip(&by_phase)
+        .map(|((phase, sorted, levels), members)| {
+            let planned_hooks = sorted
+                .into_iter()
+                .map(|v| {
+                    let spec = slots[members[v]].take().expect("each hook is placed once");
+                    PlannedHook {
+                        name: spec.name,
+                        timeout: spec.timeout,
+                        teardown_of: spec.teardown_of,
+                        hook: spec.hook,
+                        level: levels[v],
+                    }
+                })
+                .collect();
+            PlannedPhase {
+                builtin: phase.builtin(),
+                concurrent: concurrent.contains(&phase),
+                phase,
+                hooks: planned_hooks,
+            }
+        })
+        .collect();
     debug_assert_eq!(planned[running].builtin, Some(Builtin::Running));
     Ok(Plan {
         phases: planned,

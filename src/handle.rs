@@ -50,6 +50,10 @@ pub(crate) struct Shared {
     pub(crate) drain: CancellationToken,
     /// Cancelled at the drain deadline (or on escalation): remaining work must stop now.
     pub(crate) cancel: CancellationToken,
+    /// Woken with `cancel`: what `spawn` races each task against (no token clone per task).
+    pub(crate) cancel_wake: Arc<tokio::sync::Notify>,
+    /// Set (Release) before `cancel_wake` is notified; read (Acquire) at spawn.
+    pub(crate) cancel_fired: std::sync::atomic::AtomicBool,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -351,14 +355,16 @@ impl LifecycleHandle {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let cancel = self.shared.cancel.clone();
-        self.shared.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                output = fut => Some(output),
-                _ = cancel.cancelled() => None,
-            }
-        })
+        // Created before the flag is read: a cancel after this point reaches it (`notify_waiters`
+        // wakes every `Notified` created before the call), one before it is seen in the flag.
+        let cancel = Arc::clone(&self.shared.cancel_wake).notified_owned();
+        let fired = self
+            .shared
+            .cancel_fired
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.shared
+            .tracker
+            .spawn(Cancellable { fut, cancel, fired })
     }
 
     /// Spawns tracked work whose failure stops the service: if it returns an error or panics,
@@ -410,4 +416,33 @@ impl LifecycleHandle {
 #[must_use = "the work counts as in flight only while the guard lives"]
 pub struct WorkGuard {
     _token: TaskTrackerToken,
+}
+
+pin_project_lite::pin_project! {
+    /// Tracked work raced against the cancel token, the work polled first.
+    struct Cancellable<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        cancel: tokio::sync::futures::OwnedNotified,
+        fired: bool,
+    }
+}
+
+impl<F: Future> Future for Cancellable<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(output) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        if *this.fired {
+            return std::task::Poll::Ready(None);
+        }
+        this.cancel.poll(cx).map(|()| None)
+    }
 }

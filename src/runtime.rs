@@ -183,6 +183,10 @@ impl Drop for Lifecycle {
             shared.intake.cancel();
             shared.drain.cancel();
             shared.cancel.cancel();
+            shared
+                .cancel_fired
+                .store(true, std::sync::atomic::Ordering::Release);
+            shared.cancel_wake.notify_waiters();
             shared.tracker.close();
         }
     }
@@ -493,6 +497,10 @@ impl<'a> Runner<'a> {
         self.forced |= !self.startup_failed;
         tracing::warn!(target: "lifecycle_hooks", count, "cancelling work still in flight");
         shared.cancel.cancel();
+        shared
+            .cancel_fired
+            .store(true, std::sync::atomic::Ordering::Release);
+        shared.cancel_wake.notify_waiters();
         shared.events.emit(Event::WorkCancelled { count });
         let grace_end = Instant::now() + shared.config.grace;
         let limit = self
@@ -543,7 +551,7 @@ impl<'a> Runner<'a> {
                     .map(|_| (HookResult::Skipped, Duration::ZERO))
                     .collect()
             } else {
-                let runs = batch.iter().map(|hook| {
+                let mut runs = batch.iter().map(|hook| {
                     if self.startup_failed
                         && hook
                             .teardown_of
@@ -557,7 +565,13 @@ impl<'a> Runner<'a> {
                         futures::future::Either::Right(self.run_hook(&planned.phase, hook, bound))
                     }
                 });
-                join_all(runs).await
+                if batch.len() == 1 {
+                    // One hook at a time (the usual case): no `join_all` bookkeeping.
+                    let run = runs.next().expect("a batch of one");
+                    vec![run.await]
+                } else {
+                    join_all(runs).await
+                }
             };
             for (offset, (hook, (result, elapsed))) in batch.iter().zip(results).enumerate() {
                 if index < self.plan.running {

@@ -39,9 +39,21 @@ fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
     summary[key].parse().unwrap()
 }
 
-/// Runs the demo, sends `signal` once it is ready, and returns the summary and exit code.
-fn run(args: &[&str], signal: Signal) -> (HashMap<String, String>, i32) {
-    let service = Service::start("jobs_to_kafka", args, &[]);
+/// Runs the demo, sends `signal` once it is ready and, with `busy`, once that many jobs are in
+/// flight (it asks with `SIGTTIN` and reads the state dump from the log), and returns the summary
+/// and exit code.
+fn run(args: &[&str], signal: Signal, busy: Option<usize>) -> (HashMap<String, String>, i32) {
+    let mut service = Service::start("jobs_to_kafka", args, &[]);
+    if let Some(jobs) = busy {
+        let wanted = format!("in_flight={jobs} ");
+        loop {
+            service.signal(Signal::SIGTTIN);
+            let dump = service.expect_log(|line| line.contains("pending_hooks"));
+            if dump.contains(&wanted) {
+                break;
+            }
+        }
+    }
     service.signal(signal);
     let (lines, status) = service.finish();
     let summary = summary(&lines);
@@ -58,7 +70,7 @@ fn run(args: &[&str], signal: Signal) -> (HashMap<String, String>, i32) {
 
 #[test]
 fn term_delivers_every_completed_job_and_exits_0() {
-    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGTERM);
+    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGTERM, Some(8));
     assert_eq!(code, 0);
     assert_eq!(summary["reason"], "stop");
     assert_eq!(number(&summary, "producer_closed_errors"), 0);
@@ -74,6 +86,7 @@ fn closing_the_producer_in_shutdown_fails_the_jobs_still_in_flight() {
     let (summary, code) = run(
         &["--job-ms", "200", "--close-producer-on", "shutdown"],
         Signal::SIGTERM,
+        Some(8),
     );
     assert_eq!(code, 0);
     let closed = number(&summary, "producer_closed_errors");
@@ -87,7 +100,7 @@ fn closing_the_producer_in_shutdown_fails_the_jobs_still_in_flight() {
 
 #[test]
 fn usr2_stops_the_same_way_and_exits_4() {
-    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGUSR2);
+    let (summary, code) = run(&["--job-ms", "100"], Signal::SIGUSR2, Some(8));
     assert_eq!(code, 4);
     assert_eq!(summary["reason"], "restart");
     assert_eq!(number(&summary, "producer_closed_errors"), 0);
@@ -103,6 +116,7 @@ fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
     let (summary, code) = run(
         &["--job-ms", "600000", "--shutdown-timeout-ms", "1500"],
         Signal::SIGTERM,
+        Some(8),
     );
     assert_eq!(code, 2);
     assert_eq!(
@@ -175,7 +189,7 @@ async fn rolling_restarts_under_load_lose_no_job() {
         if cycle == 0 {
             args.extend(["--enqueue", &jobs]);
         }
-        let (summary, code) = tokio::task::block_in_place(|| run(&args, Signal::SIGUSR2));
+        let (summary, code) = tokio::task::block_in_place(|| run(&args, Signal::SIGUSR2, None));
         assert_eq!(code, 4, "cycle {cycle}: {summary:?}");
         assert_eq!(number(&summary, "producer_closed_errors"), 0);
         assert_eq!(number(&summary, "undelivered"), 0);

@@ -597,6 +597,10 @@ async fn a_dropped_lifecycle_cancels_its_work() {
     drop(lifecycle);
     assert_eq!(join.await.unwrap(), None);
     assert!(handle.is_intake_stopped() && handle.is_cancelled());
+    // Work spawned after the cancellation is cancelled at once, not left hanging.
+    assert_eq!(handle.spawn(hang()).await.unwrap(), None);
+    // Work that is ready wins the race: it was polled first.
+    assert_eq!(handle.spawn(async { 7 }).await.unwrap(), Some(7));
 }
 
 #[tokio::test(start_paused = true)]
