@@ -124,8 +124,29 @@ fn render_cycle(cycle: &[String]) -> String {
     out
 }
 
-/// Renders an error and its chain of sources on one line: `outer: inner: root`.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// Renders an error and its chain of sources on one line, `outer: inner: root`: the form hook
+/// errors take in reports and logs.
+///
+/// ```
+/// #[derive(Debug)]
+/// struct FlushFailed(std::io::Error);
+///
+/// impl std::fmt::Display for FlushFailed {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("flush failed")
+///     }
+/// }
+///
+/// impl std::error::Error for FlushFailed {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// let error = FlushFailed(std::io::Error::other("broker down"));
+/// assert_eq!(lifecycle_hooks::errors::chain(&error), "flush failed: broker down");
+/// ```
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::control::{Control, Effect, Escalation};
-use crate::errors::{BoxError, error_chain};
+use crate::errors::{BoxError, chain};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
 use crate::hook::IntoHookResult;
 use crate::notify::Notifier;
@@ -388,10 +388,7 @@ impl LifecycleHandle {
                     Err(panic) => Err(crate::runtime::panic_message(&*panic).into()),
                 };
             if let Err(error) = result {
-                handle.fail(format!(
-                    "critical task `{name}` failed: {}",
-                    error_chain(&*error)
-                ));
+                handle.fail(format!("critical task `{name}` failed: {}", chain(&*error)));
             }
         })
     }

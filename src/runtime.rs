@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::builder::Builder;
 use crate::control::{Control, Escalation};
-use crate::errors::error_chain;
+use crate::errors::chain;
 use crate::event::Event;
 use crate::handle::{LifecycleHandle, Shared};
 use crate::hook::{Hook, HookContext, HookResult};
@@ -624,7 +624,7 @@ impl<'a> Runner<'a> {
                     biased;
                     result = AssertUnwindSafe(fut).catch_unwind() => match result {
                         Ok(Ok(())) => HookResult::Ok,
-                        Ok(Err(error)) => HookResult::Error(error_chain(&*error)),
+                        Ok(Err(error)) => HookResult::Error(chain(&*error)),
                         Err(panic) => HookResult::Panicked(panic_message(&*panic)),
                     },
                     () = sleep_until_some(own_deadline) => HookResult::TimedOut,

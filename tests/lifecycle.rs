@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{
-    Event, HookResult, HookSpec, LifecycleHandle, Phase, PhaseSpec, PhaseStatus, Reason, Signal,
+    Event, HookContext, HookResult, HookSpec, LifecycleHandle, Phase, PhaseSpec, PhaseStatus,
+    Reason, Signal,
 };
 use tokio::sync::{Barrier, Notify, oneshot};
 use tokio::time::Instant;
@@ -21,6 +23,20 @@ fn stop_when_ready(handle: &LifecycleHandle) {
         handle.readiness().wait_for(|ready| *ready).await.unwrap();
         handle.stop();
     });
+}
+
+/// A hook that notifies `entered` when it starts, then never finishes.
+fn says_then_hangs(
+    entered: &Arc<Notify>,
+) -> impl Fn(HookContext) -> BoxFuture<'static, ()> + Send + Sync + 'static {
+    let entered = entered.clone();
+    move |_ctx| {
+        let entered = entered.clone();
+        Box::pin(async move {
+            entered.notify_one();
+            hang().await
+        })
+    }
 }
 
 /// A hook that never finishes.
@@ -230,13 +246,7 @@ async fn second_signal_abandons_the_hanging_hook_and_runs_exit_hooks() {
     let entered = Arc::new(Notify::new());
     let signal = entered.clone();
     let lifecycle = testing::builder()
-        .on_shutdown("hangs", move |_ctx| {
-            let signal = signal.clone();
-            async move {
-                signal.notify_one();
-                hang().await
-            }
-        })
+        .on_shutdown("hangs", says_then_hangs(&signal))
         .on_exit("close", |_ctx| async {})
         .observe(recorder.observer())
         .build()
@@ -268,13 +278,7 @@ async fn third_signal_ends_the_run_at_once_with_128_plus_signo() {
     // Exit hooks run in reverse registration order: `hangs` first, then `never`.
     let lifecycle = testing::builder()
         .on_exit("never", |_ctx| async {})
-        .on_exit("hangs", move |_ctx| {
-            let signal = signal.clone();
-            async move {
-                signal.notify_one();
-                hang().await
-            }
-        })
+        .on_exit("hangs", says_then_hangs(&signal))
         .build()
         .unwrap();
     let handle = lifecycle.handle();
@@ -494,13 +498,7 @@ async fn restart_then_two_stops_is_forced_but_still_a_restart() {
     let entered = Arc::new(Notify::new());
     let signal = entered.clone();
     let lifecycle = testing::builder()
-        .on_shutdown("hangs", move |_ctx| {
-            let signal = signal.clone();
-            async move {
-                signal.notify_one();
-                hang().await
-            }
-        })
+        .on_shutdown("hangs", says_then_hangs(&signal))
         .build()
         .unwrap();
     let handle = lifecycle.handle();

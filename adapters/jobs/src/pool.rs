@@ -15,7 +15,6 @@
 //!    worker when the handler ends, or the exit hook for a job that outlived every deadline.
 
 use std::collections::HashMap;
-use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -726,17 +725,7 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job
     }
 }
 
-/// An error and its sources, joined with `: `.
-pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        out.push_str(": ");
-        out.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    out
-}
+pub(crate) use lifecycle_hooks::errors::chain;
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(message) = panic.downcast_ref::<&str>() {
