@@ -147,7 +147,6 @@ impl Builder {
     }
 
     /// Adds a hook.
-    #[track_caller]
     pub fn hook(mut self, hook: HookSpec) -> Self {
         self.hooks.push(hook);
         self
@@ -160,7 +159,6 @@ impl Builder {
     }
 
     /// Adds a hook to `phase` from a closure.
-    #[track_caller]
     pub fn on_phase<F, Fut, R>(
         self,
         phase: impl Into<Phase>,
@@ -176,7 +174,6 @@ impl Builder {
     }
 
     /// Adds a startup hook: runs in registration order before the service is ready.
-    #[track_caller]
     pub fn on_startup<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
     where
         F: Fn(HookContext) -> Fut + Send + Sync + 'static,
@@ -187,7 +184,6 @@ impl Builder {
     }
 
     /// Adds a stop-intake hook: runs when intake stops (stop accepting, stop fetching).
-    #[track_caller]
     pub fn on_stop_intake<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
     where
         F: Fn(HookContext) -> Fut + Send + Sync + 'static,
@@ -198,7 +194,6 @@ impl Builder {
     }
 
     /// Adds a shutdown hook: runs while work may still be in flight (Sidekiq's `:shutdown`).
-    #[track_caller]
     pub fn on_shutdown<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
     where
         F: Fn(HookContext) -> Fut + Send + Sync + 'static,
@@ -210,7 +205,6 @@ impl Builder {
 
     /// Adds an exit hook: runs after all work has ended (Sidekiq's `:exit`). Close producers and
     /// flush telemetry here.
-    #[track_caller]
     pub fn on_exit<F, Fut, R>(self, name: impl Into<Cow<'static, str>>, hook: F) -> Self
     where
         F: Fn(HookContext) -> Fut + Send + Sync + 'static,
@@ -294,7 +288,7 @@ impl Builder {
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
             cancel_wake: Arc::default(),
-            cancel_fired: std::sync::atomic::AtomicBool::new(false),
+            cancel_fired: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),

@@ -156,3 +156,20 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// The message of a caught panic (`&str` or `String` payloads; anything else is named as such):
+/// what a hook or a job reports as `panicked`.
+///
+/// ```
+/// let panic = std::panic::catch_unwind(|| panic!("bad state")).unwrap_err();
+/// assert_eq!(lifecycle_hooks::errors::panic_message(&*panic), "bad state");
+/// ```
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::control::{Control, Effect, Escalation};
-use crate::errors::{BoxError, chain};
+use crate::errors::{BoxError, chain, panic_message};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
 use crate::hook::IntoHookResult;
 use crate::notify::Notifier;
@@ -53,7 +54,7 @@ pub(crate) struct Shared {
     /// Woken with `cancel`: what `spawn` races each task against (no token clone per task).
     pub(crate) cancel_wake: Arc<tokio::sync::Notify>,
     /// Set (Release) before `cancel_wake` is notified; read (Acquire) at spawn.
-    pub(crate) cancel_fired: std::sync::atomic::AtomicBool,
+    pub(crate) cancel_fired: AtomicBool,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -67,6 +68,26 @@ pub(crate) struct Shared {
     /// Every hook in plan order as `phase/name`, emptied as each one reports: the pending hooks
     /// for state dumps.
     pub(crate) pending: Mutex<Vec<Option<String>>>,
+}
+
+impl Shared {
+    /// Not ready, intake stopped, drain begun: what stop_intake and drain signal, for the paths
+    /// that skip them (escalation, failed startup, a lifecycle dropped unrun). Idempotent.
+    pub(crate) fn end_intake_and_drain(&self) {
+        self.ready.send_replace(false);
+        self.intake.cancel();
+        self.drain.cancel();
+    }
+
+    /// Cancels the work still in flight: the cancel token for those who wait on it, and the
+    /// flag plus `Notify` that `spawn` races each task against (flag first, then the wake-up;
+    /// `spawn` takes its `Notified` before reading the flag).
+    pub(crate) fn cancel_work(&self) {
+        self.cancel.cancel();
+        // Release: a spawn that reads the flag (Acquire) sees everything before the cancel.
+        self.cancel_fired.store(true, Ordering::Release);
+        self.cancel_wake.notify_waiters();
+    }
 }
 
 /// A cheap, cloneable handle to a lifecycle: spawn and track work, watch the phase, trigger a stop.
@@ -358,10 +379,7 @@ impl LifecycleHandle {
         // Created before the flag is read: a cancel after this point reaches it (`notify_waiters`
         // wakes every `Notified` created before the call), one before it is seen in the flag.
         let cancel = Arc::clone(&self.shared.cancel_wake).notified_owned();
-        let fired = self
-            .shared
-            .cancel_fired
-            .load(std::sync::atomic::Ordering::Acquire);
+        let fired = self.shared.cancel_fired.load(Ordering::Acquire);
         self.shared
             .tracker
             .spawn(Cancellable { fut, cancel, fired })
@@ -385,7 +403,7 @@ impl LifecycleHandle {
             let result: Result<(), BoxError> =
                 match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
                     Ok(output) => output.into_hook_result(),
-                    Err(panic) => Err(crate::runtime::panic_message(&*panic).into()),
+                    Err(panic) => Err(panic_message(&*panic).into()),
                 };
             if let Err(error) = result {
                 handle.fail(format!("critical task `{name}` failed: {}", chain(&*error)));

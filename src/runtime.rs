@@ -13,7 +13,6 @@
 //! 5. The budget starts at the trigger: the drain deadline is `trigger + budget - reserve`, the
 //!    end of the exit phase is `trigger + budget`.
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::future::{Future, pending};
@@ -28,7 +27,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::builder::Builder;
 use crate::control::{Control, Escalation};
-use crate::errors::chain;
+use crate::errors::{chain, panic_message};
 use crate::event::Event;
 use crate::handle::{LifecycleHandle, Shared};
 use crate::hook::{Hook, HookContext, HookResult};
@@ -180,13 +179,8 @@ impl Drop for Lifecycle {
                 in_flight = shared.tracker.len(),
                 "lifecycle dropped without running: tracked work is cancelled and no hook runs"
             );
-            shared.intake.cancel();
-            shared.drain.cancel();
-            shared.cancel.cancel();
-            shared
-                .cancel_fired
-                .store(true, std::sync::atomic::Ordering::Release);
-            shared.cancel_wake.notify_waiters();
+            shared.end_intake_and_drain();
+            shared.cancel_work();
             shared.tracker.close();
         }
     }
@@ -484,9 +478,7 @@ impl<'a> Runner<'a> {
         self.settled = true;
         let shared = self.shared;
         // An escalated or failed start skipped stop_intake and drain: their signals still hold.
-        shared.ready.send_replace(false);
-        shared.intake.cancel();
-        shared.drain.cancel();
+        shared.end_intake_and_drain();
         shared.tracker.close();
         self.forced |= shared.control.borrow().escalated();
         if shared.tracker.is_empty() {
@@ -496,11 +488,7 @@ impl<'a> Runner<'a> {
         self.cancelled_work = count;
         self.forced |= !self.startup_failed;
         tracing::warn!(target: "lifecycle_hooks", count, "cancelling work still in flight");
-        shared.cancel.cancel();
-        shared
-            .cancel_fired
-            .store(true, std::sync::atomic::Ordering::Release);
-        shared.cancel_wake.notify_waiters();
+        shared.cancel_work();
         shared.events.emit(Event::WorkCancelled { count });
         let grace_end = Instant::now() + shared.config.grace;
         let limit = self
@@ -826,15 +814,4 @@ async fn immediate(shared: &Shared) -> Signal {
         _ => None,
     })
     .await
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_string()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
-    }
 }

@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 
 use crate::builder::Builder;
 use crate::event::Event;
+use crate::handle::LifecycleHandle;
 use crate::runtime::Lifecycle;
 use crate::signals::Signals;
 
@@ -18,6 +19,22 @@ pub fn builder() -> Builder {
         .signals(Signals::none())
         .hard_exit(false)
         .systemd_notify(false)
+}
+
+/// Stops the lifecycle once it is ready, from a spawned task: a stop that arrives before
+/// `running` skips it (no `ready` event), so tests that want the whole graph stop this way.
+///
+/// # Panics
+///
+/// Panics if called outside a tokio runtime.
+pub fn stop_when_ready(handle: &LifecycleHandle) {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        // Err only if the lifecycle is gone, and then there is nothing left to stop.
+        if handle.readiness().wait_for(|ready| *ready).await.is_ok() {
+            handle.stop();
+        }
+    });
 }
 
 /// Records every event in order, to assert on after (or during) a run.

@@ -167,23 +167,6 @@ fn storm(service: &Service, signal: Signal, count: u32) -> u32 {
     count
 }
 
-fn phases(lines: &[String]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("phase "))
-        .collect()
-}
-
-const GRACEFUL: [&str; 7] = [
-    "startup",
-    "running",
-    "stop_intake",
-    "drain",
-    "shutdown",
-    "wait",
-    "exit",
-];
-
 /// `SIGUSR2` starts a restart; a `SIGTERM` while it runs is absorbed: the same graceful stop,
 /// nothing abandoned, status 4 (systemd still restarts it).
 #[test]
@@ -193,7 +176,7 @@ fn usr2_then_term_is_still_a_graceful_restart_exit_4() {
     tour.expect(|l| l == "phase shutdown");
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
-    assert_eq!(phases(&lines), GRACEFUL);
+    assert_eq!(support::phases(&lines), support::ALL_PHASES);
     support::position(&lines, "hook shutdown announce ok");
     support::position(&lines, "hook exit close_producer ok");
     assert_eq!(
@@ -219,7 +202,11 @@ fn a_thousand_ttin_in_one_second_keep_it_running_then_term_exits_0() {
     assert!(tour.child.try_wait().unwrap().is_none(), "still running");
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
-    assert_eq!(phases(&lines), GRACEFUL, "no stop before the TERM");
+    assert_eq!(
+        support::phases(&lines),
+        support::ALL_PHASES,
+        "no stop before the TERM"
+    );
     assert_eq!(
         lines.last().unwrap(),
         "summary reason=stop exit_code=0 forced=false"
@@ -241,7 +228,7 @@ fn a_thousand_tstp_in_one_second_quiet_once_then_term_exits_0() {
     assert!(tour.child.try_wait().unwrap().is_none(), "still running");
     tour.signal(Signal::SIGTERM);
     let (lines, status) = tour.finish();
-    assert_eq!(phases(&lines), GRACEFUL);
+    assert_eq!(support::phases(&lines), support::ALL_PHASES);
     assert_eq!(
         lines
             .iter()

@@ -13,7 +13,7 @@ mod redis_server;
 mod kafka_support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -43,6 +43,16 @@ fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
 /// flight (it asks with `SIGTTIN` and reads the state dump from the log), and returns the summary
 /// and exit code.
 fn run(args: &[&str], signal: Signal, busy: Option<usize>) -> (HashMap<String, String>, i32) {
+    let (summary, code, _) = run_timed(args, signal, busy);
+    (summary, code)
+}
+
+/// [`run`], also returning the time from the signal to the end of the output.
+fn run_timed(
+    args: &[&str],
+    signal: Signal,
+    busy: Option<usize>,
+) -> (HashMap<String, String>, i32, Duration) {
     let mut service = Service::start("jobs_to_kafka", args, &[]);
     if let Some(jobs) = busy {
         let wanted = format!("in_flight={jobs} ");
@@ -55,7 +65,9 @@ fn run(args: &[&str], signal: Signal, busy: Option<usize>) -> (HashMap<String, S
         }
     }
     service.signal(signal);
+    let signalled = Instant::now();
     let (lines, status) = service.finish();
+    let took = signalled.elapsed();
     let summary = summary(&lines);
     // The ledger holds in every scenario.
     assert_eq!(
@@ -65,7 +77,7 @@ fn run(args: &[&str], signal: Signal, busy: Option<usize>) -> (HashMap<String, S
             + number(&summary, "jobs_requeued"),
         "{summary:?}"
     );
-    (summary, status.code().expect("an exit code"))
+    (summary, status.code().expect("an exit code"), took)
 }
 
 #[test]
@@ -112,8 +124,7 @@ fn usr2_stops_the_same_way_and_exits_4() {
 
 #[test]
 fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
-    let started = Instant::now();
-    let (summary, code) = run(
+    let (summary, code, took) = run_timed(
         &["--job-ms", "600000", "--shutdown-timeout-ms", "1500"],
         Signal::SIGTERM,
         Some(8),
@@ -125,7 +136,8 @@ fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
         "every running job handed back"
     );
     assert_eq!(number(&summary, "jobs_completed"), 0);
-    assert!(started.elapsed() < PATIENCE);
+    // Within the 1.5 s budget plus a little (process exit, a loaded machine).
+    assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
 }
 
 /// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,

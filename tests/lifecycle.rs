@@ -8,22 +8,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{
-    Event, HookContext, HookResult, HookSpec, LifecycleHandle, Phase, PhaseSpec, PhaseStatus,
-    Reason, Signal,
+    Event, HookContext, HookResult, HookSpec, Phase, PhaseSpec, PhaseStatus, Reason, Signal,
 };
 use tokio::sync::{Barrier, Notify, oneshot};
 use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// Stops the lifecycle once it is ready (a stop before that skips `running`).
-fn stop_when_ready(handle: &LifecycleHandle) {
-    let handle = handle.clone();
-    tokio::spawn(async move {
-        handle.readiness().wait_for(|ready| *ready).await.unwrap();
-        handle.stop();
-    });
-}
 
 /// A hook that notifies `entered` when it starts, then never finishes.
 fn says_then_hangs(
@@ -67,7 +57,7 @@ async fn phases_run_in_order_and_exit_waits_for_work() {
             observer(&Event::WorkCancelled { count: 0 });
         }
     });
-    stop_when_ready(&handle);
+    testing::stop_when_ready(&handle);
     let outcome = lifecycle.run().await;
 
     assert_eq!(outcome.exit_code(), 0);
@@ -620,7 +610,7 @@ async fn a_custom_phase_runs_where_its_edges_put_it() {
         .observe(recorder.observer())
         .build()
         .unwrap();
-    stop_when_ready(&lifecycle.handle());
+    testing::stop_when_ready(&lifecycle.handle());
     let outcome = lifecycle.run().await;
     let phases: Vec<String> = recorder
         .trace()

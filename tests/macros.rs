@@ -7,19 +7,8 @@ use std::time::Duration;
 
 use lifecycle_hooks::errors::BuildError;
 use lifecycle_hooks::testing::{self, Recorder};
-use lifecycle_hooks::{
-    Event, HookResult, HookSpec, LifecycleHandle, Phase, PhaseSpec, Reason, hooks,
-};
+use lifecycle_hooks::{Event, HookResult, HookSpec, Phase, PhaseSpec, Reason, hooks};
 use tokio::time::Instant;
-
-/// Stops the lifecycle once it is ready (a stop before that skips `running`).
-fn stop_when_ready(handle: &LifecycleHandle) {
-    let handle = handle.clone();
-    tokio::spawn(async move {
-        handle.readiness().wait_for(|ready| *ready).await.unwrap();
-        handle.stop();
-    });
-}
 
 /// The trace without the lines that do not concern hooks and phases.
 fn phases_and_hooks(recorder: &Recorder) -> Vec<String> {
@@ -122,7 +111,7 @@ async fn macro_and_closure_hooks_are_ordered_together_in_every_phase() {
         .observe(recorder.observer())
         .build()
         .unwrap();
-    stop_when_ready(&lifecycle.handle());
+    testing::stop_when_ready(&lifecycle.handle());
     let outcome = lifecycle.run().await;
 
     assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
@@ -444,7 +433,7 @@ async fn a_macro_exit_hook_starts_after_tracked_work_and_a_shutdown_hook_while_i
             observer(&Event::WorkCancelled { count: 0 });
         }
     });
-    stop_when_ready(&handle);
+    testing::stop_when_ready(&handle);
     let outcome = lifecycle.run().await;
 
     assert_eq!(outcome.exit_code(), 0);

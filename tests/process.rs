@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{PATIENCE, Service, last_position, position};
+use support::{ALL_PHASES, PATIENCE, Service, last_position, phases, position};
 
 /// Starts `01_phase_tour`.
 fn tour(args: &[&str], env: &[(&str, &str)]) -> Service {
@@ -70,22 +70,7 @@ impl Drop for NotifySocket {
 }
 
 fn assert_graceful(lines: &[String]) {
-    let phases: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("phase "))
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "startup",
-            "running",
-            "stop_intake",
-            "drain",
-            "shutdown",
-            "wait",
-            "exit"
-        ]
-    );
+    assert_eq!(phases(lines), ALL_PHASES);
     let shutdown_hook = position(lines, "hook shutdown announce ok");
     let last_work = last_position(lines, "work done ");
     let exit_hook = position(lines, "hook exit close_producer ok");

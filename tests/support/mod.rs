@@ -189,3 +189,22 @@ pub(crate) fn last_position(lines: &[String], prefix: &str) -> usize {
         .rposition(|l| l.starts_with(prefix))
         .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:#?}"))
 }
+
+/// Every phase of a graceful stop, in order, as the examples print them (`phase <name>`).
+pub(crate) const ALL_PHASES: [&str; 7] = [
+    "startup",
+    "running",
+    "stop_intake",
+    "drain",
+    "shutdown",
+    "wait",
+    "exit",
+];
+
+/// The phases an example printed (`phase <name>` lines), in order.
+pub(crate) fn phases(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("phase "))
+        .collect()
+}

@@ -726,13 +726,4 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job
 }
 
 pub(crate) use lifecycle_hooks::errors::chain;
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
-}
+use lifecycle_hooks::errors::panic_message;
