@@ -512,6 +512,7 @@ fn plan_hooks(
                         timeout: spec.timeout,
                         teardown_of: spec.teardown_of,
                         hook: spec.hook,
+                        on_skipped: spec.on_skipped,
                         level: levels[v],
                     }
                 })

@@ -84,7 +84,11 @@ pub struct HookSpec {
     pub(crate) teardown_of: Option<Cow<'static, str>>,
     pub(crate) origin: Option<&'static str>,
     pub(crate) hook: Arc<dyn Hook>,
+    pub(crate) on_skipped: Option<SkippedCallback>,
 }
+
+/// Called when a hook is recorded as skipped; see [`HookSpec::on_skipped`].
+pub(crate) type SkippedCallback = Arc<dyn Fn(&LifecycleHandle) + Send + Sync + 'static>;
 
 impl HookSpec {
     /// A hook named `name` that runs `hook` in `phase`.
@@ -102,6 +106,7 @@ impl HookSpec {
             teardown_of: None,
             origin: None,
             hook: Arc::new(hook),
+            on_skipped: None,
         }
     }
 
@@ -140,6 +145,44 @@ impl HookSpec {
     /// once; the same name with different origins is a duplicate and `build()` rejects it.
     pub fn origin(mut self, origin: &'static str) -> Self {
         self.origin = Some(origin);
+        self
+    }
+
+    /// Runs `callback` if the hook never runs (its phase was skipped, or the budget was used up
+    /// before its turn), synchronously, before the [`Outcome`](crate::Outcome) is built.
+    ///
+    /// An adapter whose exit hook settles work (closes a producer, hands jobs back) uses this to
+    /// report what a skipped hook leaves unsettled with
+    /// [`LifecycleHandle::report_lost`], so nothing is dropped silently.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lifecycle_hooks::{HookSpec, Lifecycle, Phase, Signals};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let close = HookSpec::new(Phase::EXIT, "close", |_ctx| async {})
+    ///     .on_skipped(|handle| handle.report_lost("3 queued messages"));
+    /// let lifecycle = Lifecycle::builder()
+    ///     .signals(Signals::none())
+    ///     .shutdown_timeout(Duration::from_secs(1))
+    ///     .hook(close)
+    ///     // Exit hooks run in reverse registration order: this one first, and it uses the
+    ///     // whole budget, so `close` never gets its turn.
+    ///     .on_exit("slow", |_ctx| tokio::time::sleep(Duration::from_secs(10)))
+    ///     .build()
+    ///     .unwrap();
+    /// lifecycle.handle().stop();
+    /// let outcome = lifecycle.run().await;
+    /// assert_eq!(outcome.lost(), ["3 queued messages"]);
+    /// assert_eq!(outcome.exit_code(), 1);
+    /// # }
+    /// ```
+    pub fn on_skipped(
+        mut self,
+        callback: impl Fn(&LifecycleHandle) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_skipped = Some(Arc::new(callback));
         self
     }
 

@@ -56,6 +56,7 @@ pub(crate) struct PlannedHook {
     pub(crate) timeout: Option<Duration>,
     pub(crate) teardown_of: Option<Cow<'static, str>>,
     pub(crate) hook: Arc<dyn Hook>,
+    pub(crate) on_skipped: Option<crate::hook::SkippedCallback>,
     pub(crate) level: usize,
 }
 
@@ -649,6 +650,11 @@ impl<'a> Runner<'a> {
         }
         self.reported[global] = true;
         self.shared.pending.lock()[global] = None;
+        if result == HookResult::Skipped {
+            if let Some(callback) = &hook.on_skipped {
+                callback(self.handle);
+            }
+        }
         self.shared.events.emit(Event::HookFinished {
             phase: phase.clone(),
             name: hook.name.to_string(),
@@ -689,6 +695,9 @@ impl<'a> Runner<'a> {
         for planned in &plan.phases {
             for hook in &planned.hooks {
                 if !self.reported[global] {
+                    if let Some(callback) = &hook.on_skipped {
+                        callback(self.handle);
+                    }
                     self.hooks.push(HookReport {
                         phase: planned.phase.clone(),
                         name: hook.name.to_string(),
