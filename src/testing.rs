@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use crate::builder::Builder;
 use crate::event::Event;
 use crate::handle::LifecycleHandle;
-use crate::runtime::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::signals::Signals;
 
 /// A builder for tests: no OS signal handlers, no hard exit, no systemd notifications.
@@ -104,6 +104,14 @@ impl Recorder {
                     Event::Absorbed { signal } => format!("absorbed {signal}"),
                     Event::Escalated { signal } => format!("escalated {signal}"),
                     Event::WorkCancelled { count } => format!("cancelled {count}"),
+                    Event::WorkStuck { items } => format!(
+                        "stuck {}",
+                        items
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
                     Event::Finished { reason, exit_code } => {
                         format!("finished {reason} {exit_code}")
                     }

@@ -326,7 +326,7 @@ async fn work_past_the_deadline_is_cancelled_and_exit_hooks_keep_their_reserve()
     assert_eq!(outcome.exit_code(), 2);
     assert!(outcome.forced() && !outcome.escalated());
     assert_eq!(outcome.cancelled_work(), 4);
-    assert_eq!(outcome.abandoned_work(), 0);
+    assert_eq!(outcome.outlived_grace(), 0);
     assert_eq!(cancelled.load(Ordering::SeqCst), 1);
     for join in joins {
         assert_eq!(join.await.unwrap(), None, "cancelled tasks yield None");
