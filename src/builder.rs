@@ -53,6 +53,7 @@ pub struct Builder {
     hard_exit: Option<bool>,
     exit_codes: ExitCodes,
     systemd: bool,
+    notify_socket: Option<(String, Option<Duration>)>,
     phases: Vec<PhaseSpec>,
     hooks: Vec<HookSpec>,
     concurrent: Vec<Phase>,
@@ -79,6 +80,7 @@ impl Default for Builder {
             hard_exit: None,
             exit_codes: ExitCodes::default(),
             systemd: true,
+            notify_socket: None,
             phases: Vec::new(),
             hooks: Vec::new(),
             concurrent: Vec::new(),
@@ -144,6 +146,15 @@ impl Builder {
     /// Whether to send systemd notifications when `NOTIFY_SOCKET` is set (default true).
     pub fn systemd_notify(mut self, enabled: bool) -> Self {
         self.systemd = enabled;
+        self
+    }
+
+    /// Sends systemd notifications to this socket (a path, or `@name` for an abstract socket),
+    /// whatever `NOTIFY_SOCKET` says, with the watchdog fed every `watchdog` if given. For
+    /// embedding under a supervisor that speaks the notify protocol, and for tests.
+    pub fn notify_socket(mut self, path: impl Into<String>, watchdog: Option<Duration>) -> Self {
+        self.systemd = true;
+        self.notify_socket = Some((path.into(), watchdog));
         self
     }
 
@@ -275,7 +286,18 @@ impl Builder {
         let hooks = dedupe(self.hooks)?;
         let plan = plan_hooks(phases, hooks, &self.concurrent)?;
 
-        let notifier = if self.systemd {
+        let notifier = if let (true, Some((path, watchdog))) = (self.systemd, &self.notify_socket) {
+            match Notifier::connect(path) {
+                Ok(mut notifier) => {
+                    notifier.watchdog = watchdog.filter(|w| !w.is_zero());
+                    Some(Arc::new(notifier))
+                }
+                Err(error) => {
+                    tracing::warn!(target: "lifecycle_hooks", %error, path, "notify socket unusable; no systemd notifications");
+                    None
+                }
+            }
+        } else if self.systemd {
             Notifier::from_env().unwrap_or_else(|error| {
                 tracing::warn!(target: "lifecycle_hooks", %error, "NOTIFY_SOCKET unusable; no systemd notifications");
                 None
