@@ -105,8 +105,11 @@ impl Shared {
 #[derive(Debug, Default)]
 pub(crate) struct WorkRegistry {
     /// Locked briefly to add, remove or copy; never across an await or another lock.
-    items: Mutex<(u64, HashMap<u64, (Cow<'static, str>, Phase, Instant)>)>,
+    items: Mutex<(u64, HashMap<u64, Named>)>,
 }
+
+/// One named item: its name, the phase it began in, and when.
+type Named = (Cow<'static, str>, Phase, Instant);
 
 impl WorkRegistry {
     fn add(&self, name: Cow<'static, str>, phase: Phase) -> u64 {
