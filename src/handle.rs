@@ -23,10 +23,9 @@ use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{BoxError, chain, panic_message};
-use crate::event::{Event, EventHub, EventStream, Snapshot, WorkItem};
-use crate::hook::IntoHookResult;
+use crate::event::{Event, EventHub, EventStream, Snapshot};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, Reason};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
 

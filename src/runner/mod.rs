@@ -60,7 +60,7 @@ pub(crate) struct Runner<'a> {
     forced: bool,
     cancelled_work: usize,
     outlived_grace: usize,
-    stuck_work: Vec<crate::event::WorkItem>,
+    stuck_work: Vec<crate::outcome::WorkItem>,
 }
 
 impl<'a> Runner<'a> {

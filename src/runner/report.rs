@@ -8,8 +8,7 @@ use tokio::time::Instant;
 
 use super::Runner;
 use crate::event::Event;
-use crate::hook::HookResult;
-use crate::outcome::{HookReport, Outcome, PhaseReport, PhaseStatus, Reason};
+use crate::outcome::{HookReport, HookResult, Outcome, PhaseReport, PhaseStatus, Reason};
 use crate::phase::Phase;
 use crate::plan::PlannedHook;
 use crate::signals::Signal;
