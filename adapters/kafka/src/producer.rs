@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifecycle_hooks::{HookContext, HookSpec, Phase};
+use lifecycle_hooks::{HookContext, HookSpec, LifecycleHandle, Phase};
 use rdkafka::ClientConfig;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
@@ -40,6 +40,17 @@ const PURGE_RESERVE: Duration = Duration::from_millis(250);
 /// The part of the close hook's time left kept so that it reports its own error before the
 /// lifecycle would abandon it: a twentieth, at most this much.
 const HOOK_MARGIN: Duration = Duration::from_millis(50);
+
+/// Where a deadline lands when `now + timeout` would overflow (`Duration::MAX`): about 30 years
+/// on, which no wait reaches (tokio's own "far future" is the same order).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `start + timeout`, saturating at [`FAR_FUTURE`] instead of panicking on overflow.
+fn deadline_after(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + FAR_FUTURE)
+}
 
 /// A Kafka producer bound to a lifecycle: open through `stop_intake`, `drain`, `shutdown` and
 /// `wait`, flushed and closed by an `exit` hook.
@@ -89,8 +100,8 @@ pub struct Producer {
 }
 
 struct Inner {
-    /// Declared first so it is dropped before the mock cluster it may be connected to.
-    client: ThreadedProducer<DeliveryContext>,
+    /// `Some` until [`Inner`] is dropped, when it moves to a [`Teardown`].
+    client: Option<ThreadedProducer<DeliveryContext>>,
     shared: Arc<Shared>,
     /// The result of the one close; later closes return it again.
     closed: OnceCell<Result<CloseReport, CloseError>>,
@@ -102,14 +113,68 @@ struct Inner {
     cluster: Option<MockCluster>,
 }
 
+impl Inner {
+    fn client(&self) -> &ThreadedProducer<DeliveryContext> {
+        // Only `Drop` takes it, and nothing borrows `Inner` then.
+        self.client
+            .as_ref()
+            .expect("the librdkafka client lives as long as the producer")
+    }
+}
+
 impl Drop for Inner {
+    /// The last clone is gone. Dropping librdkafka's client blocks: it joins rdkafka's polling
+    /// thread (which polls in 100 ms turns), purges what is still queued, waits up to 500 ms for
+    /// the purge reports and destroys the client, and the mock cluster joins its own thread.
+    /// Inside a tokio runtime that is done on its blocking pool, so the task that dropped the
+    /// last clone (often in async code) returns at once and no worker thread stalls; the
+    /// runtime waits for it when it shuts down. Outside a runtime it is done here.
+    fn drop(&mut self) {
+        let teardown = Teardown {
+            client: self.client.take(),
+            cluster: self.cluster.take(),
+            shared: Arc::clone(&self.shared),
+            purged_before: self.shared.purged(),
+            bootstrap_servers: std::mem::take(&mut self.bootstrap_servers),
+        };
+        match tokio::runtime::Handle::try_current() {
+            // If the runtime is shutting down, the closure is dropped instead of run: the
+            // teardown then happens in its `Drop`, on the thread dropping it, just the same.
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(teardown))),
+            Err(_) => drop(teardown),
+        }
+    }
+}
+
+/// The blocking end of a producer: destroys the librdkafka client, then the mock cluster, and
+/// logs what librdkafka purged on the way (those messages' senders get
+/// [`SendError::Purged`]; the counters count them).
+struct Teardown {
+    client: Option<ThreadedProducer<DeliveryContext>>,
+    cluster: Option<MockCluster>,
+    shared: Arc<Shared>,
+    purged_before: u64,
+    bootstrap_servers: String,
+}
+
+impl Drop for Teardown {
     fn drop(&mut self) {
         let in_flight = self.shared.in_flight();
-        if self.closed.get().is_none() && in_flight > 0 {
+        // The client before the cluster it may be connected to.
+        drop(self.client.take());
+        drop(self.cluster.take());
+        // The polling thread is joined: every report it delivered is counted.
+        let purged = self.shared.purged() - self.purged_before;
+        let unreported = self.shared.in_flight();
+        if purged > 0 || unreported > 0 {
             tracing::error!(
                 target: "lifecycle_hooks_kafka",
+                bootstrap_servers = %self.bootstrap_servers,
                 in_flight,
-                "Kafka producer dropped without `close`: librdkafka purges the messages still queued"
+                purged,
+                unreported,
+                "Kafka producer dropped with undelivered messages: librdkafka purged them; \
+                 close it in `exit` (`Producer::hook`) so they are flushed or reported lost"
             );
         }
     }
@@ -190,7 +255,7 @@ impl Producer {
         // (the broker is down), the wait is a plain wait until the queue timeout.
         record = back;
         let shared = &*self.inner.shared;
-        let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
+        let deadline = deadline_after(tokio::time::Instant::now(), self.inner.queue_timeout);
         let mut backoff: Option<Duration> = None;
         loop {
             let (notified, waiter) = shared.space();
@@ -257,7 +322,7 @@ impl Producer {
         if !shared.enter() {
             return Err(Refused::Closed);
         }
-        match self.inner.client.send(record) {
+        match self.inner.client().send(record) {
             Ok(()) => Ok(()),
             Err((error, record)) => {
                 shared.leave();
@@ -310,7 +375,8 @@ impl Producer {
         tracing::info!(
             target: "lifecycle_hooks_kafka",
             in_flight = in_flight_at_close,
-            timeout_ms = timeout.as_millis() as u64,
+            bootstrap_servers = %self.inner.bootstrap_servers,
+            timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             "closing the Kafka producer: flushing"
         );
         // A nudge: a zero-timeout flush wakes librdkafka's broker threads with its "flushing"
@@ -318,10 +384,10 @@ impl Producer {
         // `linger.ms`; either way queued messages go out within `linger.ms`. The wait itself is
         // on our own delivery count, woken by each report (rdkafka's blocking `flush` would
         // notice the end only at its next 100 ms poll).
-        let _ = self.inner.client.flush(Duration::ZERO);
+        let _ = self.inner.client().flush(Duration::ZERO);
         let reserve = (timeout / 10).min(PURGE_RESERVE);
         let flushed = shared
-            .settle(started + timeout.saturating_sub(reserve))
+            .settle(deadline_after(started, timeout.saturating_sub(reserve)))
             .await;
         let flushed_for = started.elapsed();
         if flushed {
@@ -350,12 +416,12 @@ impl Producer {
         let purge = tokio::task::spawn_blocking(move || {
             producer
                 .inner
-                .client
+                .client()
                 .purge(PurgeConfig::default().queue().inflight());
         });
         let _ = purge.await;
         let settled = shared
-            .settle((started + timeout).max(tokio::time::Instant::now()))
+            .settle(deadline_after(started, timeout).max(tokio::time::Instant::now()))
             .await;
         // Purges only happen here, so `purged` counts this close's. If some reports are still
         // missing, those messages are undelivered too: `in_flight` is read first, and a report
@@ -394,10 +460,17 @@ impl Producer {
     /// you set one with [`HookSpec::timeout`]), keeping a twentieth of it (at most 50 ms) so it
     /// reports before it would be abandoned. If messages were purged, it fails with
     /// [`CloseError::Undelivered`] (exit status 1) and reports them with
-    /// [`LifecycleHandle::report_lost`](lifecycle_hooks::LifecycleHandle::report_lost). Order it
-    /// against other exit hooks with [`HookSpec::after`] / [`HookSpec::before`].
+    /// [`LifecycleHandle::report_lost`]. Order it against other exit hooks with
+    /// [`HookSpec::after`] / [`HookSpec::before`].
+    ///
+    /// If the hook never runs (an earlier exit hook used the budget up, or its phase was
+    /// skipped), or is cut off before its close ends (a second signal while it flushes in
+    /// `shutdown`), the producer is closed at once: what is still undelivered is purged, counted
+    /// in [`stats`](Producer::stats), and reported with `report_lost` in one summary entry
+    /// (`"N Kafka message(s) purged undelivered: ..."`), before the outcome is built.
     pub fn hook(&self) -> HookSpec {
         let producer = self.clone();
+        let skipped = self.clone();
         HookSpec::new(
             self.inner.close_on.clone(),
             self.inner.hook_name.clone(),
@@ -406,6 +479,12 @@ impl Producer {
                 async move { producer.close_from_hook(&ctx).await.map(drop) }
             },
         )
+        .on_skipped(move |handle: &LifecycleHandle| {
+            skipped.close_now(
+                handle,
+                format_args!("hook `{}` was skipped", skipped.inner.hook_name),
+            );
+        })
     }
 
     async fn close_from_hook(&self, ctx: &HookContext) -> Result<CloseReport, CloseError> {
@@ -423,7 +502,14 @@ impl Producer {
             Some(left) => left.saturating_sub((left / 20).min(HOOK_MARGIN)),
             None => self.inner.close_timeout,
         };
+        // Dropped with the hook's future if the lifecycle cuts the hook off mid-close.
+        let mut cut_off = CutOff {
+            producer: self,
+            ctx,
+            armed: true,
+        };
         let result = self.close(timeout).await;
+        cut_off.armed = false;
         if let Err(CloseError::Undelivered { undelivered, .. }) = &result {
             ctx.handle().report_lost(format!(
                 "{undelivered} Kafka message(s) purged undelivered by hook `{}`",
@@ -431,6 +517,39 @@ impl Producer {
             ));
         }
         result
+    }
+
+    /// Closes at once, without flushing, for a close hook that never ran or was cut off: no send
+    /// enters from now on, what is still undelivered is purged and reported lost. Synchronous
+    /// and non-blocking (the purge is asked for, its reports come through librdkafka's polling
+    /// thread); returns how many messages it reported.
+    fn close_now(&self, handle: &LifecycleHandle, why: fmt::Arguments<'_>) -> u64 {
+        let shared = &*self.inner.shared;
+        shared.close();
+        // In flight first (invariant 4 of `state.rs`): a purge report landing between the two
+        // reads is counted twice, never missed. Purges only happen at a close, so `purged`
+        // holds what a close cut off before it could report has already purged.
+        let in_flight = shared.in_flight();
+        let undelivered = in_flight + shared.purged();
+        if undelivered == 0 {
+            tracing::info!(target: "lifecycle_hooks_kafka", "{why}; the Kafka producer had nothing in flight");
+            return 0;
+        }
+        if in_flight > 0 {
+            self.inner
+                .client()
+                .purge(PurgeConfig::default().queue().inflight().non_blocking());
+        }
+        tracing::error!(
+            target: "lifecycle_hooks_kafka",
+            bootstrap_servers = %self.inner.bootstrap_servers,
+            undelivered,
+            "{why}: the Kafka producer closed at once and purged its undelivered messages"
+        );
+        handle.report_lost(format!(
+            "{undelivered} Kafka message(s) purged undelivered: {why} before the producer was flushed"
+        ));
+        undelivered
     }
 
     /// Whether [`close`](Producer::close) has begun: sends fail with [`ProducerClosed`].
@@ -467,6 +586,25 @@ impl fmt::Debug for Producer {
             .field("closed", &self.is_closed())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// Armed while the close hook closes: if the lifecycle drops the hook's future first (its
+/// timeout, the budget, a second signal), what the close had not settled is reported lost.
+struct CutOff<'a> {
+    producer: &'a Producer,
+    ctx: &'a HookContext,
+    armed: bool,
+}
+
+impl Drop for CutOff<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.producer.close_now(
+                self.ctx.handle(),
+                format_args!("hook `{}` was cut off", self.ctx.name()),
+            );
+        }
     }
 }
 
@@ -621,7 +759,7 @@ impl ProducerBuilder {
             .map_err(|source| BuildError::Client { source })?;
         Ok(Producer {
             inner: Arc::new(Inner {
-                client,
+                client: Some(client),
                 shared,
                 closed: OnceCell::new(),
                 close_on: self.close_on,
