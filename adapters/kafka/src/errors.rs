@@ -86,6 +86,26 @@ pub enum CloseError {
     },
 }
 
+/// No broker answered at startup: the startup check of [`Producer::hooks`](crate::Producer::hooks)
+/// (or [`Producer::connect`](crate::Producer::connect)) failed, so the service does not report
+/// ready.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kafka broker of `{bootstrap_servers}` answered a metadata request within {timeout:?}; \
+     is it up and reachable from here? (turn this startup check off with \
+     `ProducerBuilder::connect_on_startup(false)`)"
+)]
+#[non_exhaustive]
+pub struct ConnectError {
+    /// The producer's `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// How long the check waited.
+    pub timeout: Duration,
+    /// The error from librdkafka.
+    #[source]
+    pub source: KafkaError,
+}
+
 /// The producer could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -122,4 +142,10 @@ pub enum BuildError {
         /// The phase that was asked for.
         phase: String,
     },
+    /// The startup check was given no time: no broker can answer within zero.
+    #[error(
+        "`connect_timeout` is zero, so the startup check could never pass; give it a few \
+         seconds, or turn the check off with `connect_on_startup(false)`"
+    )]
+    ConnectTimeout,
 }

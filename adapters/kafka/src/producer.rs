@@ -17,11 +17,20 @@ use tokio::sync::OnceCell;
 use crate::cluster::MockCluster;
 use crate::context::DeliveryContext;
 use crate::delivery::{Delivery, DeliveryFuture, Pending};
-use crate::errors::{BuildError, CloseError, ProducerClosed, SendError};
+use crate::errors::{BuildError, CloseError, ConnectError, ProducerClosed, SendError};
 use crate::state::{ProducerStats, Shared};
 
 /// The default name of the close hook.
 pub const DEFAULT_HOOK_NAME: &str = "close_producer";
+
+/// The default name of the startup check from [`Producer::hooks`].
+pub const DEFAULT_CONNECT_HOOK_NAME: &str = "connect_producer";
+
+/// How long the startup check waits for a broker to answer by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait librdkafka can be given: it takes milliseconds as an `i32`.
+const LIBRDKAFKA_MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// How long a send waits for room in librdkafka's queue by default.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,6 +116,8 @@ struct Inner {
     closed: OnceCell<Result<CloseReport, CloseError>>,
     close_on: Phase,
     hook_name: Cow<'static, str>,
+    /// The startup check's name and timeout; `None` if it is turned off.
+    connect: Option<(Cow<'static, str>, Duration)>,
     queue_timeout: Duration,
     close_timeout: Duration,
     bootstrap_servers: String,
@@ -552,6 +563,79 @@ impl Producer {
         undelivered
     }
 
+    /// The producer's hooks, to add with `Builder::hooks`: the startup check
+    /// [`connect_hook_name`](ProducerBuilder::connect_hook_name) (default `connect_producer`,
+    /// unless [turned off](ProducerBuilder::connect_on_startup)), then the close
+    /// [`hook`](Producer::hook).
+    ///
+    /// The startup check [connects](Producer::connect) within the
+    /// [connect timeout](ProducerBuilder::connect_timeout) (default 5 s, cut shorter if a stop
+    /// arrives during startup): if no broker answers, startup fails (exit status 1) with a
+    /// [`ConnectError`] naming the brokers, and the service never reports ready (`READY=1`).
+    pub fn hooks(&self) -> Vec<HookSpec> {
+        let mut hooks = Vec::with_capacity(2);
+        if let Some((name, timeout)) = &self.inner.connect {
+            let (producer, timeout) = (self.clone(), *timeout);
+            hooks.push(HookSpec::new(
+                Phase::STARTUP,
+                name.clone(),
+                move |ctx: HookContext| {
+                    let producer = producer.clone();
+                    let timeout = ctx.time_left().map_or(timeout, |left| left.min(timeout));
+                    async move { producer.connect(timeout).await }
+                },
+            ));
+        }
+        hooks.push(self.hook());
+        hooks
+    }
+
+    /// Waits until a broker answers a metadata request (all topics), at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`], naming the bootstrap servers, if none answered in time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads. The request runs on tokio's blocking pool and, if the future
+    /// is dropped, finishes there within `timeout` (librdkafka cannot cancel it).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), ConnectError> {
+        let producer = self.clone();
+        // librdkafka takes an `i32` of milliseconds: a longer wait would wrap around.
+        let wait = timeout.min(LIBRDKAFKA_MAX_TIMEOUT);
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .inner
+                .client()
+                .client()
+                .fetch_metadata(None, wait)
+                .map(|metadata| metadata.brokers().len())
+        })
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        match answered {
+            Ok(brokers) => {
+                tracing::info!(
+                    target: "lifecycle_hooks_kafka",
+                    bootstrap_servers = %self.inner.bootstrap_servers,
+                    brokers,
+                    "Kafka producer connected"
+                );
+                Ok(())
+            }
+            Err(source) => Err(ConnectError {
+                bootstrap_servers: self.inner.bootstrap_servers.clone(),
+                timeout,
+                source,
+            }),
+        }
+    }
+
     /// Whether [`close`](Producer::close) has begun: sends fail with [`ProducerClosed`].
     pub fn is_closed(&self) -> bool {
         self.inner.shared.is_closed()
@@ -650,6 +734,8 @@ pub struct ProducerBuilder {
     mock_brokers: i32,
     close_on: Phase,
     hook_name: Cow<'static, str>,
+    connect_hook_name: Cow<'static, str>,
+    connect_timeout: Option<Duration>,
     queue_timeout: Duration,
     close_timeout: Duration,
 }
@@ -662,6 +748,8 @@ impl Default for ProducerBuilder {
             mock_brokers: 1,
             close_on: Phase::EXIT,
             hook_name: Cow::Borrowed(DEFAULT_HOOK_NAME),
+            connect_hook_name: Cow::Borrowed(DEFAULT_CONNECT_HOOK_NAME),
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
         }
@@ -707,6 +795,31 @@ impl ProducerBuilder {
         self
     }
 
+    /// The startup check's name (default `connect_producer`); give each producer its own.
+    pub fn connect_hook_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.connect_hook_name = name.into();
+        self
+    }
+
+    /// How long the startup check of [`Producer::hooks`] waits for a broker to answer
+    /// (default 5 s). Zero is refused by [`build`](ProducerBuilder::build).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether [`Producer::hooks`] includes the startup check (default `true`). Without it the
+    /// service reports ready without knowing whether a broker is reachable, and sends wait up to
+    /// `message.timeout.ms` if none is.
+    pub fn connect_on_startup(mut self, check: bool) -> Self {
+        self.connect_timeout = match (check, self.connect_timeout) {
+            (false, _) => None,
+            (true, Some(timeout)) => Some(timeout),
+            (true, None) => Some(DEFAULT_CONNECT_TIMEOUT),
+        };
+        self
+    }
+
     /// How long [`Producer::send`] waits for room in librdkafka's full queue (default 5 s).
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.queue_timeout = timeout;
@@ -725,6 +838,7 @@ impl ProducerBuilder {
     /// # Errors
     ///
     /// [`BuildError::ClosePhase`] for a closing phase other than `exit` or `shutdown`;
+    /// [`BuildError::ConnectTimeout`] for a zero connect timeout;
     /// [`BuildError::MockCluster`] if the mock cluster does not start; [`BuildError::Client`] if
     /// librdkafka rejects the configuration.
     pub fn build(self) -> Result<Producer, BuildError> {
@@ -732,6 +846,9 @@ impl ProducerBuilder {
             return Err(BuildError::ClosePhase {
                 phase: self.close_on.to_string(),
             });
+        }
+        if self.connect_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::ConnectTimeout);
         }
         if self.close_on == Phase::SHUTDOWN {
             tracing::warn!(
@@ -764,6 +881,9 @@ impl ProducerBuilder {
                 closed: OnceCell::new(),
                 close_on: self.close_on,
                 hook_name: self.hook_name,
+                connect: self
+                    .connect_timeout
+                    .map(|timeout| (self.connect_hook_name, timeout)),
                 queue_timeout: self.queue_timeout,
                 close_timeout: self.close_timeout,
                 bootstrap_servers,

@@ -8,12 +8,13 @@
 mod support;
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::pin::pin;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::poll;
-use lifecycle_hooks::testing;
+use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{HookResult, Phase, Signal};
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
 use lifecycle_hooks_kafka::{DeliveryFuture, Producer, SendError};
@@ -115,6 +116,14 @@ async fn assert_all_purged(deliveries: Vec<DeliveryFuture>) {
             "{result:?}"
         );
     }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,11 +255,110 @@ async fn a_skipped_close_with_nothing_queued_loses_nothing() {
     assert!(producer.is_closed());
 }
 
+// ---------------------------------------------------------------------------------------------
+// 3. The startup check of the broker.
+// ---------------------------------------------------------------------------------------------
+
 /// With the broker reachable the startup check passes quickly and the service becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_check_passes_on_a_reachable_broker() {
+    let producer = Producer::builder().build().expect("a producer");
+    let hooks = producer.hooks();
+    assert_eq!(
+        hooks
+            .iter()
+            .map(|h| (h.phase().clone(), h.name().to_owned()))
+            .collect::<Vec<_>>(),
+        [
+            (Phase::STARTUP, "connect_producer".to_owned()),
+            (Phase::EXIT, "close_producer".to_owned())
+        ]
+    );
+    let recorder = Recorder::new();
+    let lifecycle = testing::builder()
+        .hooks(hooks)
+        .observe(recorder.observer())
+        .build()
+        .expect("a valid graph");
+    testing::stop_when_ready(&lifecycle.handle());
+    let outcome = lifecycle.run().await;
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    let check = outcome.hook("connect_producer").expect("it ran");
+    assert_eq!(check.result, HookResult::Ok);
+    assert!(
+        check.elapsed < Duration::from_secs(1),
+        "{:?}",
+        check.elapsed
+    );
+    assert!(recorder.before("hook startup connect_producer ok", "ready"));
+}
+
 /// With nothing listening on the bootstrap port, startup fails within the connect timeout, the
 /// error names the brokers, the service never becomes ready, and the exit status is 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_check_fails_on_an_unreachable_broker() {
+    let servers = format!("127.0.0.1:{}", dead_port());
+    let connect_timeout = Duration::from_millis(500);
+    let producer = Producer::builder()
+        .bootstrap_servers(&servers)
+        .connect_timeout(connect_timeout)
+        .build()
+        .expect("a producer");
+    let recorder = Recorder::new();
+    let lifecycle = testing::builder()
+        .hooks(producer.hooks())
+        .observe(recorder.observer())
+        .build()
+        .expect("a valid graph");
+    let started = Instant::now();
+    let outcome = lifecycle.run().await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(outcome.exit_code(), 1, "{outcome}");
+    let check = outcome.hook("connect_producer").expect("it ran");
+    match &check.result {
+        HookResult::Error(message) => assert!(
+            message.contains(&servers) && message.contains("500ms"),
+            "{message}"
+        ),
+        other => panic!("the check should fail with an error, not {other:?}"),
+    }
+    assert!(
+        elapsed >= connect_timeout && elapsed < connect_timeout + Duration::from_secs(2),
+        "took {elapsed:?}"
+    );
+    assert!(
+        recorder.position("ready").is_none(),
+        "{:?}",
+        recorder.trace()
+    );
+}
+
 /// The check can be turned off: then `hooks()` is only the close, and an unreachable broker
 /// does not stop the service from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_check_can_be_turned_off() {
+    let producer = Producer::builder()
+        .bootstrap_servers(format!("127.0.0.1:{}", dead_port()))
+        .connect_on_startup(false)
+        .build()
+        .expect("a producer");
+    let hooks = producer.hooks();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].name(), "close_producer");
+    let lifecycle = testing::builder()
+        .hooks(hooks)
+        .build()
+        .expect("a valid graph");
+    testing::stop_when_ready(&lifecycle.handle());
+    let outcome = lifecycle.run().await;
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Hostile timeouts and a cut-off close.
+// ---------------------------------------------------------------------------------------------
+
 /// `Duration::MAX` as the close timeout: no overflow, the flush simply waits for the reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_with_duration_max_does_not_panic() {
@@ -376,4 +484,36 @@ async fn a_close_hook_cut_off_reports_what_it_leaves() {
     );
     assert_all_purged(deliveries).await;
     assert_eq!(producer.stats().purged, 3);
+}
+
+/// The connect timeout at `Duration::MAX`: no panic and no overflow in the millisecond count
+/// handed to librdkafka, the check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_at_duration_max() {
+    let producer = Producer::builder()
+        .connect_timeout(Duration::MAX)
+        .build()
+        .expect("a producer");
+    let lifecycle = testing::builder()
+        .hooks(producer.hooks())
+        .build()
+        .expect("a valid graph");
+    testing::stop_when_ready(&lifecycle.handle());
+    let outcome = lifecycle.run().await;
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+}
+
+/// A zero connect timeout cannot connect to anything: refused when the producer is built, with
+/// the way to turn the check off.
+#[test]
+fn a_zero_connect_timeout_is_a_build_error() {
+    let error = Producer::builder()
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("connect_timeout") && message.contains("connect_on_startup(false)"),
+        "{message}"
+    );
 }
