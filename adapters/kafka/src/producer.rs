@@ -86,20 +86,24 @@ fn deadline_after(start: tokio::time::Instant, timeout: Duration) -> tokio::time
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let producer = Producer::builder().build()?; // embedded mock cluster
-/// let lifecycle = Lifecycle::builder().hook(producer.hook()).build()?;
+/// // A startup check that a broker answers, and the close in `exit`.
+/// let lifecycle = Lifecycle::builder().hooks(producer.hooks()).build()?;
 /// let handle = lifecycle.handle();
-/// handle.spawn({
+/// let job = handle.spawn({
 ///     let (producer, handle) = (producer.clone(), handle.clone());
 ///     async move {
 ///         handle.draining().await;
 ///         // Still open: the producer closes only after all work has ended.
-///         let delivery = producer.send(FutureRecord::<str, str>::to("orders").payload("42")).await;
-///         assert!(delivery.is_ok());
+///         producer.send(FutureRecord::<str, str>::to("orders").payload("42")).await
 ///     }
 /// });
 /// handle.stop();
 /// let outcome = lifecycle.run().await;
 /// assert_eq!(outcome.exit_code(), 0);
+/// // The job ran to its end (`Some`), and its message was delivered.
+/// let delivery = job.await?.expect("the job was not cancelled")?;
+/// assert_eq!(delivery.offset, 0);
+/// assert_eq!(producer.stats().delivered, 1);
 /// # Ok(())
 /// # }
 /// ```
