@@ -387,6 +387,10 @@ impl Producer {
         let shared = &*self.inner.shared;
         // From here on no send enters; senders waiting for queue room wake up and see it.
         let in_flight_at_close = shared.close();
+        // Every job has ended by `exit`: a message that fails from now on (its delivery timed
+        // out, the broker refused it) has nobody left to hear it, so the close counts it as
+        // undelivered along with what it purges. The state first (invariant 4 of `state.rs`).
+        let failed_before = shared.failed();
         tracing::info!(
             target: "lifecycle_hooks_kafka",
             in_flight = in_flight_at_close,
@@ -405,7 +409,8 @@ impl Producer {
             .settle(deadline_after(started, timeout.saturating_sub(reserve)))
             .await;
         let flushed_for = started.elapsed();
-        if flushed {
+        let failed_flushing = shared.failed() - failed_before;
+        if flushed && failed_flushing == 0 {
             let stats = shared.stats();
             tracing::info!(
                 target: "lifecycle_hooks_kafka",
@@ -425,8 +430,9 @@ impl Producer {
             });
         }
 
-        // Out of time: purge what is queued or in flight. Each purged message comes back as a
-        // delivery report with a purge error, through librdkafka's polling thread.
+        // Out of time, or some failed: purge what is queued or in flight. Each purged message
+        // comes back as a delivery report with a purge error, through librdkafka's polling
+        // thread.
         let producer = self.clone();
         let purge = tokio::task::spawn_blocking(move || {
             producer
@@ -438,19 +444,15 @@ impl Producer {
         let settled = shared
             .settle(deadline_after(started, timeout).max(tokio::time::Instant::now()))
             .await;
-        // Purges only happen here, so `purged` counts this close's. If some reports are still
-        // missing, those messages are undelivered too: `in_flight` is read first, and a report
-        // recorded between the two reads (purged counted, then in flight decremented) is counted
-        // twice, never missed. (A send that entered before the close but was descheduled inside
+        // What failed since the close began counts this close's purges and the failures during
+        // its flush. If some reports are still missing, those messages are undelivered too:
+        // `in_flight` is read first, and a report recorded between the two reads (failed
+        // counted, then in flight decremented) is counted twice, never missed. (A send that entered before the close but was descheduled inside
         // librdkafka's non-blocking produce call for the whole flush lands after the purge: it
         // is counted here as undelivered, and its sender gets a report when librdkafka settles
         // it, at the latest when the client is destroyed.)
-        let undelivered = if settled {
-            shared.purged()
-        } else {
-            let unreported = shared.in_flight();
-            unreported + shared.purged()
-        };
+        let unreported = if settled { 0 } else { shared.in_flight() };
+        let undelivered = unreported + (shared.failed() - failed_before);
         let stats = shared.stats();
         tracing::error!(
             target: "lifecycle_hooks_kafka",
@@ -459,7 +461,7 @@ impl Producer {
             sent = stats.sent,
             delivered = stats.delivered,
             failed = stats.failed,
-            "Kafka producer closed with undelivered messages: purged"
+            "Kafka producer closed with undelivered messages: failed or purged"
         );
         Err(CloseError::Undelivered {
             undelivered,
@@ -527,7 +529,7 @@ impl Producer {
         cut_off.armed = false;
         if let Err(CloseError::Undelivered { undelivered, .. }) = &result {
             ctx.handle().report_lost(format!(
-                "{undelivered} Kafka message(s) purged undelivered by hook `{}`",
+                "{undelivered} Kafka message(s) purged or failed undelivered by hook `{}`",
                 ctx.name()
             ));
         }

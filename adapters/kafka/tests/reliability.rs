@@ -517,3 +517,46 @@ fn a_zero_connect_timeout_is_a_build_error() {
         "{message}"
     );
 }
+
+/// Messages whose delivery fails during the close's flush (here `message.timeout.ms` runs out
+/// while the broker is down) have nobody left to hear it: every job has ended by `exit`. The
+/// close counts them as undelivered and reports them lost instead of closing "clean".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_failing_during_the_close_are_reported_lost() {
+    let mut broker = Broker::mock();
+    let topic = broker.topic("expire", 1).await;
+    let producer = broker
+        .producer()
+        .set("message.timeout.ms", "1000")
+        .build()
+        .expect("a producer");
+    producer
+        .send(FutureRecord::<str, str>::to(&topic).payload("warm-up"))
+        .await
+        .expect("the warm-up message is delivered");
+    broker.take_down();
+    // Fire and forget: nobody awaits these results.
+    drop(queue(&producer, &topic, 5));
+    let lifecycle = testing::builder()
+        .shutdown_timeout(Duration::from_secs(8))
+        .exit_reserve(Duration::from_secs(7))
+        .hook(producer.hook())
+        .build()
+        .expect("a valid graph");
+    lifecycle.handle().stop();
+    let outcome = lifecycle.run().await;
+
+    let stats = producer.stats();
+    assert_eq!(
+        (stats.failed, stats.purged),
+        (5, 0),
+        "they expired: {stats:?}"
+    );
+    assert_eq!(outcome.exit_code(), 1, "{outcome}");
+    assert_eq!(outcome.lost().len(), 1, "{:?}", outcome.lost());
+    assert!(
+        outcome.lost()[0].contains("5 Kafka message(s)"),
+        "{:?}",
+        outcome.lost()
+    );
+}
