@@ -560,3 +560,55 @@ async fn messages_failing_during_the_close_are_reported_lost() {
         outcome.lost()
     );
 }
+
+/// A stop during a long startup check (an unreachable broker, `connect_timeout(Duration::MAX)`)
+/// cuts the check off, and the metadata request it left on the blocking pool ends soon after:
+/// the runtime, which waits for its blocking pool when dropped, shuts down within seconds
+/// instead of holding the process for the whole timeout.
+#[test]
+fn a_stop_during_a_long_startup_check_does_not_hold_the_exit() {
+    logs();
+    let servers = format!("127.0.0.1:{}", dead_port());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let servers = servers.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let outcome = runtime.block_on(async {
+                let producer = Producer::builder()
+                    .bootstrap_servers(&servers)
+                    .connect_timeout(Duration::MAX)
+                    .build()
+                    .expect("a producer");
+                let lifecycle = testing::builder()
+                    .shutdown_timeout(Duration::from_secs(1))
+                    .hooks(producer.hooks())
+                    .build()
+                    .expect("a valid graph");
+                let handle = lifecycle.handle();
+                tokio::spawn(async move {
+                    logged_line(&["waiting for a Kafka broker", &servers]).await;
+                    handle.stop();
+                });
+                lifecycle.run().await
+            });
+            let dropping = Instant::now();
+            drop(runtime);
+            let _ = done.send((outcome, dropping.elapsed()));
+        }
+    });
+    let (outcome, runtime_drop) = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the runtime shut down: no endless metadata request left on its blocking pool");
+    let check = outcome.hook("connect_producer").expect("reported");
+    assert_eq!(check.result, HookResult::TimedOut, "{outcome}");
+    assert_ne!(outcome.exit_code(), 0);
+    assert!(
+        runtime_drop < Duration::from_secs(3),
+        "the runtime took {runtime_drop:?} to shut down"
+    );
+}

@@ -120,26 +120,41 @@ impl Producer {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: it only reads. The request runs on tokio's blocking pool and, if the future
-    /// is dropped, finishes there within `timeout` (librdkafka cannot cancel it).
+    /// Cancel safe: it only reads. The request blocks a thread of its own, not tokio's blocking
+    /// pool: if the future is dropped (a stop cuts the startup check off), the request ends
+    /// there within `timeout`, and the runtime, which waits for its blocking pool when it shuts
+    /// down, does not wait for it.
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime.
+    /// If the operating system cannot start a thread.
     pub async fn connect(&self, timeout: Duration) -> Result<(), ConnectError> {
+        tracing::debug!(
+            target: "lifecycle_hooks_kafka",
+            bootstrap_servers = %self.inner.bootstrap_servers,
+            timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            "waiting for a Kafka broker to answer"
+        );
         let producer = self.clone();
         // librdkafka takes an `i32` of milliseconds: a longer wait would wrap around.
         let wait = timeout.min(LIBRDKAFKA_MAX_TIMEOUT);
-        let answered = tokio::task::spawn_blocking(move || {
-            producer
-                .inner
-                .client()
-                .client()
-                .fetch_metadata(None, wait)
-                .map(|metadata| metadata.brokers().len())
-        })
-        .await
-        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kafka-connect-check".into())
+            .spawn(move || {
+                let answered = producer
+                    .inner
+                    .client()
+                    .client()
+                    .fetch_metadata(None, wait)
+                    .map(|metadata| metadata.brokers().len());
+                // Nobody listens any more if the check was cut off.
+                let _ = reply.send(answered);
+            })
+            .expect("the operating system starts a thread for the Kafka startup check");
+        let answered = answer
+            .await
+            .expect("the Kafka startup check's thread answers (fetching metadata does not panic)");
         match answered {
             Ok(brokers) => {
                 tracing::info!(
