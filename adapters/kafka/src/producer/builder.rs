@@ -100,11 +100,11 @@ impl ProducerBuilder {
 
     /// The phase the close hook runs in: [`Phase::EXIT`] (the default, and the right place).
     ///
-    /// [`Phase::SHUTDOWN`] is accepted only to show why it is wrong: shutdown hooks run while
-    /// work is still in flight, so every job that still publishes fails with
-    /// [`ProducerClosed`](crate::ProducerClosed) (Sidekiq's `:shutdown` versus `:exit`). Building with it logs a
-    /// warning, and so does the hook when it closes under running work. Other phases are
-    /// refused by [`build`](ProducerBuilder::build).
+    /// [`Phase::SHUTDOWN`] is accepted only to show why it is wrong: shutdown hooks run while work
+    /// is still in flight, so every job that still publishes fails with
+    /// [`ProducerClosed`](crate::ProducerClosed) (Sidekiq's `:shutdown` versus `:exit`). Building
+    /// with it logs a warning, and so does the hook when it closes under running work. Other phases
+    /// are refused by [`build`](ProducerBuilder::build).
     pub fn close_on(mut self, phase: impl Into<Phase>) -> Self {
         self.close_on = phase.into();
         self

@@ -49,10 +49,11 @@ impl Producer {
     /// undelivered when the time is up.
     ///
     /// From the first call on, every [`send`](Producer::send) fails at once with
-    /// [`ProducerClosed`](crate::ProducerClosed); every send that got in before is delivered or, after the flush, purged
-    /// (its sender gets [`SendError::Purged`](crate::errors::SendError::Purged)). The whole close takes about `timeout` at most:
-    /// the flush gets all of it but a tenth (at most 250 ms), kept for the purge. Closing again,
-    /// or concurrently, returns the result of the first close.
+    /// [`ProducerClosed`](crate::ProducerClosed); every send that got in before is delivered or,
+    /// after the flush, purged (its sender gets
+    /// [`SendError::Purged`](crate::errors::SendError::Purged)). The whole close takes about
+    /// `timeout` at most: the flush gets all of it but a tenth (at most 250 ms), kept for the
+    /// purge. Closing again, or concurrently, returns the result of the first close.
     ///
     /// Use [`hook`](Producer::hook) rather than calling this yourself: it closes in `exit`, with
     /// the time the budget has left, and reports losses into the lifecycle's outcome.
@@ -139,13 +140,13 @@ impl Producer {
         let settled = shared
             .settle(deadline_after(started, timeout).max(tokio::time::Instant::now()))
             .await;
-        // What failed since the close began counts this close's purges and the failures during
-        // its flush. If some reports are still missing, those messages are undelivered too:
-        // `in_flight` is read first, and a report recorded between the two reads (failed
-        // counted, then in flight decremented) is counted twice, never missed. (A send that entered before the close but was descheduled inside
-        // librdkafka's non-blocking produce call for the whole flush lands after the purge: it
-        // is counted here as undelivered, and its sender gets a report when librdkafka settles
-        // it, at the latest when the client is destroyed.)
+        // What failed since the close began counts this close's purges and the failures during its
+        // flush. If some reports are still missing, those messages are undelivered too: `in_flight`
+        // is read first, and a report recorded between the two reads (failed counted, then in
+        // flight decremented) is counted twice, never missed. (A send that entered before the close
+        // but was descheduled inside librdkafka's non-blocking produce call for the whole flush
+        // lands after the purge: it is counted here as undelivered, and its sender gets a report
+        // when librdkafka settles it, at the latest when the client is destroyed.)
         let unreported = if settled { 0 } else { shared.in_flight() };
         let undelivered = unreported + (shared.failed() - failed_before);
         let stats = shared.stats();
@@ -177,7 +178,10 @@ impl Producer {
         let in_flight = shared.in_flight();
         let undelivered = in_flight + shared.purged();
         if undelivered == 0 {
-            tracing::info!(target: "lifecycle_hooks_kafka", "{why}; the Kafka producer had nothing in flight");
+            tracing::info!(
+                target: "lifecycle_hooks_kafka",
+                "{why}; the Kafka producer had nothing in flight"
+            );
             return 0;
         }
         if in_flight > 0 {
@@ -192,7 +196,8 @@ impl Producer {
             "{why}: the Kafka producer closed at once and purged its undelivered messages"
         );
         handle.report_lost(format!(
-            "{undelivered} Kafka message(s) purged undelivered: {why} before the producer was flushed"
+            "{undelivered} Kafka message(s) purged undelivered: {why} before the producer was \
+             flushed"
         ));
         undelivered
     }

@@ -18,8 +18,8 @@ const LIBRDKAFKA_MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 const HOOK_MARGIN: Duration = Duration::from_millis(50);
 
 impl Producer {
-    /// The close hook: in the [closing phase](crate::ProducerBuilder::close_on) (default `exit`), named
-    /// [`hook_name`](crate::ProducerBuilder::hook_name) (default `close_producer`).
+    /// The close hook: in the [closing phase](crate::ProducerBuilder::close_on) (default `exit`),
+    /// named [`hook_name`](crate::ProducerBuilder::hook_name) (default `close_producer`).
     ///
     /// It [closes](Producer::close) the producer within the time the hook has left
     /// ([`HookContext::time_left`]: the end of the shutdown budget, or the hook's own timeout if
@@ -86,12 +86,12 @@ impl Producer {
     }
 
     /// The producer's hooks, to add with `Builder::hooks`: the startup check
-    /// [`connect_hook_name`](crate::ProducerBuilder::connect_hook_name) (default `connect_producer`,
-    /// unless [turned off](crate::ProducerBuilder::connect_on_startup)), then the close
-    /// [`hook`](Producer::hook).
+    /// [`connect_hook_name`](crate::ProducerBuilder::connect_hook_name) (default
+    /// `connect_producer`, unless [turned off](crate::ProducerBuilder::connect_on_startup)), then
+    /// the close [`hook`](Producer::hook).
     ///
-    /// The startup check [connects](Producer::connect) within the
-    /// [connect timeout](crate::ProducerBuilder::connect_timeout) (default 5 s, cut shorter if a stop
+    /// The startup check [connects](Producer::connect) within the [connect
+    /// timeout](crate::ProducerBuilder::connect_timeout) (default 5 s, cut shorter if a stop
     /// arrives during startup): if no broker answers, startup fails (exit status 1) with a
     /// [`ConnectError`] naming the brokers, and the service never reports ready (`READY=1`).
     pub fn hooks(&self) -> Vec<HookSpec> {
