@@ -319,6 +319,7 @@ impl Builder {
             stopping_sent: CancellationToken::new(),
             panicked_work: Arc::default(),
             work: Default::default(),
+            stored: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),

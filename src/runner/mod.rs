@@ -100,6 +100,8 @@ impl<'a> Runner<'a> {
                 self.run_phase(index).await;
             }
         }
+        // Startup is where listeners are claimed: what was passed in and not claimed goes.
+        crate::fdstore::release_unclaimed(self.shared.config.notifier.as_ref());
         let control = self.control();
         if self.startup_failed || control.escalated() {
             if self.startup_failed {

@@ -149,6 +149,10 @@ impl Runner<'_> {
             elapsed_ms = stop_elapsed.as_millis() as u64,
             "lifecycle finished"
         );
+        crate::fdstore::release_stored(
+            self.handle,
+            reason == Reason::Restart && immediate.is_none(),
+        );
         shared.events.emit(Event::Finished { reason, exit_code });
         // The run is over: streams end (readers see `None`), later subscribers get an ended one.
         shared.events.close();
