@@ -611,3 +611,47 @@ fn calls_from_other_threads_before_during_and_after_the_run_are_harmless() {
         assert_eq!(outcome.hook("close").unwrap().result, HookResult::Ok);
     }
 }
+
+/// Found while hardening bug 4: a stop that arrives while quiet's stop_intake hooks still run
+/// was never announced (no `STOPPING=1`, no `triggered` event): the runner only announced a stop
+/// it had waited for.
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_quiets_intake_hooks_is_announced_with_stopping() {
+    let socket = NotifySocket::bind("quiet-hook");
+    let recorder = Recorder::new();
+    let entered = Arc::new(Notify::new());
+    let lifecycle = testing::builder()
+        .notify_socket(socket.path(), None)
+        .observe(recorder.observer())
+        .hook(HookSpec::new(Phase::STOP_INTAKE, "pause_consumer", {
+            let entered = Arc::clone(&entered);
+            move |_ctx| {
+                let entered = Arc::clone(&entered);
+                async move {
+                    entered.notify_one();
+                    tokio::time::sleep(SECOND).await;
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|r| *r).await.unwrap();
+    handle.trigger(Signal::Tstp);
+    entered.notified().await;
+    handle.trigger(Signal::Term);
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0);
+    assert!(
+        recorder.before("quiet", "triggered stop"),
+        "{:?}",
+        recorder.trace()
+    );
+    let messages = socket.drain();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "STOPPING=1").count(),
+        1,
+        "{messages:?}"
+    );
+}

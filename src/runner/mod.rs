@@ -232,8 +232,10 @@ impl<'a> Runner<'a> {
                 if self.control().reason.is_none() {
                     let mut control = shared.control.subscribe();
                     let _ = control.wait_for(|c| c.reason.is_some()).await;
-                    self.announce();
                 }
+                // Whether the stop came while quiet waited or while the hooks above ran: it is
+                // announced (and systemd told `STOPPING=1`) before the drain.
+                self.announce();
             }
             Some(Builtin::Drain) => {
                 shared.drain.cancel();

@@ -4,7 +4,6 @@
 //! [`bounded`] so a regression fails instead of hanging.
 
 mod common;
-mod redis_server;
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,8 +13,8 @@ use futures::StreamExt;
 use lifecycle_hooks::testing;
 use lifecycle_hooks::{HookResult, HookSpec, Outcome, Phase};
 use lifecycle_hooks_jobs::{Counters, Job, JobContext, JobPool, JobSource, RedisSource, Retry};
+use lifecycle_hooks_test_support::redis::RedisServer;
 use redis::AsyncCommands;
-use redis_server::RedisServer;
 use tokio::sync::mpsc;
 
 /// Runs a test body, failing it if it takes more than 30 s.

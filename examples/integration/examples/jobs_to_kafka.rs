@@ -168,7 +168,7 @@ async fn serve<S: JobSource>(
         .budget(options.budget)
         // Exit hooks run in reverse registration order: the pool closes its source first, then
         // the producer flushes what the last jobs sent.
-        .hook(producer.hook())
+        .hooks(producer.hooks())
         .hooks(pool.hooks())
         .observe(|event| match event {
             Event::Ready => say(format_args!("ready pid={}", std::process::id())),

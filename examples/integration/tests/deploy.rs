@@ -15,7 +15,10 @@ use yaml_rust2::{Yaml, YamlLoader};
 const MIN_EXIT_MARGIN: Duration = Duration::from_secs(1);
 
 fn read(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    // The workspace root, two levels above this package.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

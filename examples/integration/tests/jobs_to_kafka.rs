@@ -4,14 +4,6 @@
 
 mod support;
 
-#[allow(dead_code)]
-#[path = "../adapters/jobs/tests/redis_server/mod.rs"]
-mod redis_server;
-
-#[allow(dead_code)]
-#[path = "../adapters/kafka/tests/support/mod.rs"]
-mod kafka_support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -174,8 +166,8 @@ fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Ve
 async fn rolling_restarts_under_load_lose_no_job() {
     const JOBS: usize = 400;
     const RESTARTS: usize = 4;
-    let redis = redis_server::RedisServer::start();
-    let broker = kafka_support::Broker::tansu().await;
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let broker = lifecycle_hooks_test_support::kafka::Broker::tansu().await;
     let topic = broker.topic("jobs-to-kafka", 2).await;
     let servers = broker.bootstrap_servers();
     let url = redis.url();
