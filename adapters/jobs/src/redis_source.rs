@@ -69,6 +69,15 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return moved
 ";
 
+/// Refreshes this process's lease and registers it (again) in the process set, atomically:
+/// a process whose lease lapsed once and whose jobs a peer recovered (which unregisters it) is
+/// registered again by its next beat, so its jobs are recovered when it really dies. Returns 1
+/// if the process had been unregistered.
+const BEAT: &str = r"
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+return redis.call('SADD', KEYS[2], ARGV[1])
+";
+
 /// The Redis keys a [`RedisSource`] uses. All keys of one queue share the hash tag `{queue}`, so
 /// its scripts touch a single slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,11 +127,38 @@ impl RedisKeys {
 ///   script for the whole batch; retried safely: a delivery already back is skipped;
 /// - **fail** moves it to the tail of the queue with its attempt count increased, or to the dead
 ///   list;
-/// - **start** registers the process with a lease (refreshed every third of it) and recovers the
+/// - **start** registers the process with a lease (refreshed every third of it; each refresh
+///   also registers the process again if a peer had unregistered it) and recovers the
 ///   processing lists of processes whose lease expired — they died without handing their jobs
 ///   back — and its own list, left by an earlier process with the same id;
 /// - **close** kills the fetch connection (a fetch dropped at intake stop cannot take a job
 ///   after that), puts back whatever is still in the processing list, and unregisters.
+///
+/// # Delivery guarantee
+///
+/// **At least once.** A job pushed to the queue is never dropped by the source: it is in
+/// exactly one of the queue, one process's processing list, or the dead list, and it leaves a
+/// processing list only by ack, fail, hand-back, or recovery back to the queue. A job can run
+/// more than once, in exactly these cases:
+///
+/// 1. **The process dies (or is killed) after the job's effect and before its ack**: the job
+///    is recovered — by a peer once the lease expired, or at once by a restarted process with
+///    the same id — and runs again.
+/// 2. **The lease lapses while the process is alive** (no refresh reached Redis for a whole
+///    lease: a stall, a partition): a peer that sweeps meanwhile puts the jobs the process
+///    holds back on the queue while they are still running, so they can run again, here or
+///    elsewhere, at the same time. The late ack or fail finds nothing and logs a warning. The
+///    next refresh registers the process again, so if it dies later its jobs are recovered.
+///    (If it dies before that next refresh — within a third of a lease — the jobs it fetched
+///    since the sweep wait for a process with its id.)
+/// 3. **An ack whose answer is lost or fails**: the job stays in the processing list and goes
+///    back to the queue at close (or by recovery), and runs again.
+/// 4. **A job cut off at the drain deadline, or checkpointed**, is handed back on purpose and
+///    runs again (from its checkpoint).
+///
+/// Jobs that must not have their effect twice need an idempotent handler (a key on the job id)
+/// whatever the queue. A hand-back is applied at most once even when retried after a lost
+/// answer.
 ///
 /// A job is stored as `lhj1:{attempt}:{id length}:{id}` followed by the payload bytes;
 /// [`enqueue`](RedisSource::enqueue) writes that. See [`RedisKeys`] for the key layout.
@@ -161,6 +197,7 @@ struct Inner {
     requeue: Script,
     move_one: Script,
     recover: Script,
+    beat: Script,
 }
 
 #[derive(Default)]
@@ -264,6 +301,7 @@ impl RedisSourceBuilder {
                 requeue: Script::new(REQUEUE),
                 move_one: Script::new(MOVE),
                 recover: Script::new(RECOVER),
+                beat: Script::new(BEAT),
             }),
         };
         source.conn().await?;
@@ -431,17 +469,20 @@ impl RedisSource {
             .collect())
     }
 
-    /// Refreshes this process's lease.
-    async fn beat(&self) -> Result<(), RedisSourceError> {
+    /// Refreshes this process's lease and registers it; true if it had been unregistered.
+    async fn beat(&self) -> Result<bool, RedisSourceError> {
+        let mut invocation = self.inner.beat.prepare_invoke();
+        invocation
+            .key(&self.inner.keys.alive)
+            .key(&self.inner.keys.processes)
+            .arg(&self.inner.process)
+            .arg(self.inner.lease.as_millis() as u64);
         let mut conn = self.conn().await?;
-        cmd("SET")
-            .arg(&self.inner.keys.alive)
-            .arg(1)
-            .arg("PX")
-            .arg(self.inner.lease.as_millis() as u64)
-            .query_async::<()>(&mut conn)
+        let added: i64 = invocation
+            .invoke_async(&mut conn)
             .await
-            .map_err(|error| self.broken("SET (lease)", error))
+            .map_err(|error| self.broken("beat (script)", error))?;
+        Ok(added == 1)
     }
 
     fn spawn_heartbeat(&self) {
@@ -454,8 +495,16 @@ impl RedisSource {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let source = RedisSource { inner };
-                if let Err(error) = source.beat().await {
-                    tracing::warn!(queue = %source.inner.queue, error = %crate::pool::chain(&error), "lease refresh failed");
+                match source.beat().await {
+                    Ok(false) => {}
+                    Ok(true) => tracing::warn!(
+                        queue = %source.inner.queue,
+                        process = %source.inner.process,
+                        "this process's lease had lapsed and a peer unregistered it, recovering the jobs it held (they may run twice); registered again"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(queue = %source.inner.queue, error = %crate::pool::chain(&error), "lease refresh failed")
+                    }
                 }
             }
         });
@@ -558,14 +607,8 @@ impl JobSource for RedisSource {
             .recover(&self.inner.process, true)
             .await?
             .unwrap_or_default();
+        // Lease and registration in one step.
         self.beat().await?;
-        let mut conn = self.conn().await?;
-        cmd("SADD")
-            .arg(&self.inner.keys.processes)
-            .arg(&self.inner.process)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|error| self.broken("SADD", error))?;
         self.spawn_heartbeat();
         recovered.extend(self.recover_orphans().await?);
         Ok(recovered)
