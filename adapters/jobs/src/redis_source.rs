@@ -21,17 +21,27 @@ use crate::source::JobSource;
 /// How a job is stored: this prefix, `{attempt}:{id length}:{id}`, then the payload bytes.
 const FORMAT: &[u8] = b"lhj1:";
 
-/// Hands jobs back: for each (receipt, value) pair, last first, take the delivery out of the
-/// processing list and push the value at the head of the queue, so the first job is fetched
-/// first again. A delivery no longer there was already handed back (by an earlier attempt whose
-/// answer was lost, or by orphan recovery): skip it. An empty receipt is a job this process
-/// never took: push it. Returns how many were skipped.
+/// Hands jobs back, at most once each. First forgets the tokens of hand-backs confirmed since
+/// the last call (ARGV[1] = how many, then the tokens). Then for each (receipt, value, token)
+/// triple, last first: a token already recorded is a retry of a hand-back that was applied (its
+/// answer was lost): skip it, even if the same bytes were fetched again meanwhile and are
+/// running. Otherwise take the delivery out of the processing list and push the value at the
+/// head of the queue, so the first job is fetched first again, and record the token. A delivery
+/// no longer there was handed back otherwise (orphan recovery): skip it. An empty receipt is a
+/// job this process never took: push it. Returns how many were skipped.
 const REQUEUE: &str = r"
+local forget = tonumber(ARGV[1])
+for i = 2, forget + 1 do
+  redis.call('SREM', KEYS[3], ARGV[i])
+end
 local skipped = 0
-for i = #ARGV - 1, 1, -2 do
-  local receipt, value = ARGV[i], ARGV[i + 1]
-  if receipt == '' or redis.call('LREM', KEYS[1], 1, receipt) == 1 then
+for i = #ARGV - 2, forget + 2, -3 do
+  local receipt, value, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SISMEMBER', KEYS[3], token) == 1 then
+    skipped = skipped + 1
+  elseif receipt == '' or redis.call('LREM', KEYS[1], 1, receipt) == 1 then
     redis.call('LPUSH', KEYS[2], value)
+    redis.call('SADD', KEYS[3], token)
   else
     skipped = skipped + 1
   end
@@ -54,7 +64,8 @@ return 0
 
 /// Recovers a process's processing list: unless forced, only if its lease has expired (checked
 /// here, atomically). Moves every job back to the head of the queue, oldest first, unregisters
-/// the process, and returns what it moved (nil if the process is alive).
+/// the process, drops its hand-back records, and returns what it moved (nil if the process is
+/// alive).
 const RECOVER: &str = r"
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   return false
@@ -66,6 +77,7 @@ while true do
   moved[#moved + 1] = value
 end
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[5])
 return moved
 ";
 
@@ -93,6 +105,10 @@ pub struct RedisKeys {
     pub alive: String,
     /// Jobs that failed for good (a list, newest first).
     pub dead: String,
+    /// This process's record of hand-backs that may not have been confirmed (a set of tokens),
+    /// so a retried hand-back is applied once; emptied as hand-backs are confirmed, deleted at
+    /// close and by recovery.
+    pub requeued: String,
     base: String,
 }
 
@@ -105,6 +121,7 @@ impl RedisKeys {
             processes: format!("{base}:processes"),
             alive: format!("{base}:alive:{process}"),
             dead: format!("{base}:dead"),
+            requeued: format!("{base}:requeued:{process}"),
             base,
         }
     }
@@ -116,6 +133,10 @@ impl RedisKeys {
     fn alive_of(&self, process: &str) -> String {
         format!("{}:alive:{process}", self.base)
     }
+
+    fn requeued_of(&self, process: &str) -> String {
+        format!("{}:requeued:{process}", self.base)
+    }
 }
 
 /// A Redis reliable queue (the pattern of Sidekiq Pro's super_fetch), over redis-rs async.
@@ -124,7 +145,9 @@ impl RedisKeys {
 ///   (`BLMOVE`, on a connection of its own): a job is always in exactly one list;
 /// - **ack** removes it from the processing list;
 /// - **requeue** moves it back to the head of its queue (a checkpoint replaces it), in one
-///   script for the whole batch; retried safely: a delivery already back is skipped;
+///   script for the whole batch; retried safely: each hand-back is recorded with a token, so a
+///   retry after a lost answer is skipped, even when the same bytes were fetched again and are
+///   running (without the token it would take that running delivery out and queue it again);
 /// - **fail** moves it to the tail of the queue with its attempt count increased, or to the dead
 ///   list;
 /// - **start** registers the process with a lease (refreshed every third of it; each refresh
@@ -194,6 +217,9 @@ struct Inner {
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     /// Set by `close` (Release); `fetch` reads it (Acquire) and returns `None` after.
     closed: AtomicBool,
+    /// Tokens of hand-backs confirmed since the last requeue call, for it to forget in Redis.
+    /// Locked briefly.
+    confirmed: Mutex<Vec<u64>>,
     requeue: Script,
     move_one: Script,
     recover: Script,
@@ -298,6 +324,7 @@ impl RedisSourceBuilder {
                 fetch_client: Mutex::new(None),
                 heartbeat: Mutex::new(None),
                 closed: AtomicBool::new(false),
+                confirmed: Mutex::new(Vec::new()),
                 requeue: Script::new(REQUEUE),
                 move_one: Script::new(MOVE),
                 recover: Script::new(RECOVER),
@@ -439,6 +466,7 @@ impl RedisSource {
             .key(&keys.queue)
             .key(&keys.processes)
             .key(keys.alive_of(process))
+            .key(keys.requeued_of(process))
             .arg(process)
             .arg(if force { "1" } else { "0" });
         let mut conn = self.conn().await?;
@@ -715,19 +743,40 @@ impl JobSource for RedisSource {
         if jobs.is_empty() {
             return Ok(());
         }
+        let forget = std::mem::take(&mut *self.inner.confirmed.lock());
         let mut invocation = self.inner.requeue.prepare_invoke();
         invocation
             .key(&self.inner.keys.processing)
-            .key(&self.inner.keys.queue);
-        for job in &jobs {
-            invocation.arg(job.receipt().as_ref()).arg(encode(job));
+            .key(&self.inner.keys.queue)
+            .key(&self.inner.keys.requeued)
+            .arg(forget.len());
+        for token in &forget {
+            invocation.arg(*token);
         }
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(source) => return Err(RequeueError { jobs, source }),
+        for job in &jobs {
+            invocation
+                .arg(job.receipt().as_ref())
+                .arg(encode(job))
+                .arg(job.hand_back_token());
+        }
+        let answer = match self.conn().await {
+            Ok(mut conn) => invocation
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|error| self.broken("requeue (script)", error)),
+            Err(source) => Err(source),
         };
-        match invocation.invoke_async::<i64>(&mut conn).await {
+        let mut confirmed = self.inner.confirmed.lock();
+        match answer {
+            // Whether the forgetting happened is unknown: forget them next time (SREM again
+            // is harmless).
+            Err(source) => {
+                confirmed.extend(forget);
+                Err(RequeueError { jobs, source })
+            }
             Ok(skipped) => {
+                confirmed.extend(jobs.iter().map(Job::hand_back_token));
+                drop(confirmed);
                 if skipped > 0 {
                     tracing::debug!(
                         queue = %self.inner.queue,
@@ -737,10 +786,6 @@ impl JobSource for RedisSource {
                 }
                 Ok(())
             }
-            Err(error) => Err(RequeueError {
-                jobs,
-                source: self.broken("requeue (script)", error),
-            }),
         }
     }
 
@@ -914,10 +959,12 @@ mod tests {
             &keys.processes,
             &keys.alive,
             &keys.dead,
+            &keys.requeued,
         ] {
             assert!(key.starts_with("lhj:{emails}:"), "{key}");
         }
         assert_eq!(keys.processing_of("p1"), keys.processing);
         assert_eq!(keys.alive_of("p1"), keys.alive);
+        assert_eq!(keys.requeued_of("p1"), keys.requeued);
     }
 }

@@ -553,3 +553,71 @@ async fn a_process_whose_lease_lapsed_once_is_recovered_when_it_really_dies() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_hand_back_retried_after_a_lost_answer_never_pushes_a_running_delivery() {
+    init_tracing();
+    let server = RedisServer::start();
+    bounded(async {
+        let mut redis = raw(&server).await;
+        let source = source(&server, "p1").await;
+        let keys = source.keys().clone();
+        source
+            .enqueue_all(&[Job::new("warm-up", ""), Job::new("again", "same")])
+            .await
+            .unwrap();
+        source.start().await.unwrap();
+        // Loads the hand-back script, so the paused call below runs it rather than asking.
+        let warm = source.fetch().await.unwrap().unwrap();
+        source.requeue(vec![warm]).await.unwrap();
+        let warm = source.fetch().await.unwrap().unwrap();
+        source.ack(&warm).await.unwrap();
+
+        let first = source.fetch().await.unwrap().unwrap();
+        assert_eq!(first.id(), "again");
+        // Writes pause for 600 ms: the hand-back times out after 200 ms and fails, but Redis
+        // runs it when the pause ends. Its answer is lost.
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(600)
+            .arg("WRITE")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let failed = source.requeue(vec![first.clone()]).await.unwrap_err();
+        assert_eq!(names(&failed.jobs), ["again"]);
+        let mut len = redis::cmd("LLEN");
+        len.arg(&keys.queue);
+        until(&mut redis, len, |queued: &i64| *queued == 1).await;
+        // Fetched again: the same bytes now stand for a delivery that is running.
+        let second = source.fetch().await.unwrap().unwrap();
+        assert_eq!(second.receipt(), first.receipt());
+
+        // The hand-back is retried (the pool does this with whatever the source says failed).
+        source.requeue(vec![first]).await.unwrap();
+        assert!(
+            source.queued().await.unwrap().is_empty(),
+            "the retry pushed the running delivery back on the queue: it would run twice at once"
+        );
+        assert_eq!(names(&source.processing().await.unwrap()), ["again"]);
+        source.ack(&second).await.unwrap();
+        assert!(source.processing().await.unwrap().is_empty());
+        assert!(source.queued().await.unwrap().is_empty());
+
+        // A hand-back of the running delivery itself still works.
+        source.enqueue(&Job::new("third", "")).await.unwrap();
+        let third = source.fetch().await.unwrap().unwrap();
+        source.requeue(vec![third.clone()]).await.unwrap();
+        assert_eq!(names(&source.queued().await.unwrap()), ["third"]);
+        source.requeue(vec![third]).await.unwrap();
+        assert_eq!(
+            names(&source.queued().await.unwrap()),
+            ["third"],
+            "a repeated hand-back is applied once"
+        );
+        assert!(source.close().await.unwrap().is_empty());
+        let tokens: bool = redis.exists(&keys.requeued).await.unwrap();
+        assert!(!tokens, "close leaves no hand-back record behind");
+    })
+    .await;
+}
