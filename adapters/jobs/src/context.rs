@@ -30,11 +30,17 @@ pub(crate) struct Worker {
     pub(crate) halt: CancellationToken,
     pub(crate) drain: CancellationToken,
     pub(crate) cancel: CancellationToken,
-    /// The job this worker is running; taken by whoever settles it (the worker, or the exit
-    /// hook writing off a job that outlived every deadline). Locked briefly.
-    pub(crate) current: Mutex<Option<Job>>,
-    /// A checkpoint from [`JobContext::requeue`], tagged with the job's sequence number.
-    pub(crate) checkpoint: Mutex<Option<(u64, Job)>>,
+    /// The job this worker is running, with its state; taken by whoever settles it (the
+    /// worker, or the exit hook writing off a job that outlived every deadline). Locked briefly.
+    pub(crate) current: Mutex<Option<(Job, Arc<JobState>)>>,
+}
+
+/// One job's own state, shared by the worker running it and the job's [`JobContext`]: a
+/// context kept past its job can only touch its own job's state, never the next job's.
+#[derive(Debug, Default)]
+pub(crate) struct JobState {
+    /// A checkpoint from [`JobContext::requeue`]. Locked briefly.
+    pub(crate) checkpoint: Mutex<Option<Job>>,
 }
 
 impl Worker {
@@ -45,7 +51,6 @@ impl Worker {
             cancel: bound.cancel.child_token(),
             bound: Arc::clone(bound),
             current: Mutex::new(None),
-            checkpoint: Mutex::new(None),
         }
     }
 }
@@ -73,8 +78,8 @@ impl Worker {
 /// ```
 pub struct JobContext {
     pub(crate) worker: Arc<Worker>,
-    /// Which of the worker's jobs this context belongs to.
-    pub(crate) seq: u64,
+    /// The state of the job this context was given with (not the worker's next job).
+    pub(crate) job: Arc<JobState>,
 }
 
 impl fmt::Debug for JobContext {
@@ -107,9 +112,10 @@ impl JobContext {
     /// `Outcome::handed_back`.
     ///
     /// If the handler returns an error instead, the failure path applies and this is ignored.
-    /// Called twice, the last job wins; called after the handler returned, it does nothing.
+    /// Called twice, the last job wins; called after the handler returned (through a context
+    /// kept past its job), it does nothing, and never touches the worker's next job.
     pub fn requeue(&self, job: Job) {
-        *self.worker.checkpoint.lock() = Some((self.seq, job));
+        *self.job.checkpoint.lock() = Some(job);
     }
 
     /// The lifecycle the pool runs under.

@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::context::{Bound, JobContext, Worker};
+use crate::context::{Bound, JobContext, JobState, Worker};
 use crate::counters::{Cells, Counters};
 use crate::errors::{JobFailure, PoolError};
 use crate::job::Job;
@@ -408,6 +408,7 @@ impl<S: JobSource> Inner<S> {
                 .into_iter()
                 .flatten()
                 .filter_map(|worker| worker.current.lock().take())
+                .map(|(job, _)| job)
                 .collect();
             let ids: Vec<&str> = abandoned.iter().map(Job::id).collect();
             tracing::error!(
@@ -581,7 +582,6 @@ async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
     }
     drop(ready);
 
-    let mut seq: u64 = 0;
     let (mut backoff, max_backoff) = FETCH_BACKOFF;
     loop {
         // Once halted, no fetch starts, and a pending one is dropped (fetch is cancel safe).
@@ -634,7 +634,6 @@ async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
             drop(guard);
             return;
         }
-        seq += 1;
         let span = tracing::info_span!(
             "job",
             pool = %inner.name,
@@ -642,7 +641,7 @@ async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
             queue = job.queue(),
             attempt = job.attempt()
         );
-        let settled = AssertUnwindSafe(run(&inner, &worker, seq, job).instrument(span))
+        let settled = AssertUnwindSafe(run(&inner, &worker, job).instrument(span))
             .catch_unwind()
             .await;
         if let Err(panic) = settled {
@@ -654,13 +653,14 @@ async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
 }
 
 /// Runs one job to its end: acked, failed, or handed back.
-async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job: Job) {
+async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, job: Job) {
+    let state = Arc::new(JobState::default());
     let ctx = JobContext {
         worker: Arc::clone(worker),
-        seq,
+        job: Arc::clone(&state),
     };
     let for_handler = job.clone();
-    *worker.current.lock() = Some(job);
+    *worker.current.lock() = Some((job, Arc::clone(&state)));
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(for_handler, ctx)));
     let ran = match started {
         Err(panic) => Some(Err(JobFailure::Panicked(panic_message(&*panic)))),
@@ -674,12 +674,8 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job
             () = worker.cancel.cancelled() => None,
         },
     };
-    let checkpoint = worker
-        .checkpoint
-        .lock()
-        .take()
-        .and_then(|(at, job)| (at == seq).then_some(job));
-    let Some(job) = worker.current.lock().take() else {
+    let checkpoint = state.checkpoint.lock().take();
+    let Some((job, _)) = worker.current.lock().take() else {
         tracing::warn!(pool = %inner.name, "a job ended after the exit hook had handed it back");
         return;
     };

@@ -875,3 +875,60 @@ async fn memory_source_keeps_its_bound_for_producers_but_never_for_hand_backs() 
         "and keeps what it held"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_requeue_through_a_finished_jobs_context_leaves_the_next_jobs_checkpoint_alone() {
+    init_tracing();
+    let source = MemorySource::new(10);
+    fill(&source, &["first", "second"]).await;
+    let kept: Arc<parking_lot::Mutex<Option<JobContext>>> = Arc::default();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (checkpointed_tx, mut checkpointed) = mpsc::unbounded_channel();
+    // One worker: `second` runs right after `first`, on the same worker.
+    let pool = JobPool::builder(source.clone()).concurrency(1).build({
+        let (kept, release) = (kept.clone(), release.clone());
+        move |job: Job, ctx: JobContext| {
+            let (kept, release) = (kept.clone(), release.clone());
+            let checkpointed_tx = checkpointed_tx.clone();
+            async move {
+                if job.id() == "first" {
+                    // Keeps its context past its own end (a task it spawned, say).
+                    *kept.lock() = Some(ctx);
+                } else {
+                    ctx.requeue(job.with_payload("checkpoint"));
+                    checkpointed_tx.send(()).unwrap();
+                    release.notified().await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    });
+    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let handle = lifecycle.handle();
+    let mut events = handle.subscribe();
+    let run = tokio::spawn(lifecycle.run());
+    checkpointed.recv().await.unwrap();
+    // Fetching stops, so `second`, once handed back, is not fetched again.
+    handle.stop();
+    hook_finished(&mut events, "jobs:stop_fetching").await;
+    // `first` returned long ago; its context asks for a hand-back now, while `second` runs.
+    let late = kept.lock().take().expect("first ran and kept its context");
+    late.requeue(Job::new("first", "late"));
+    release.notify_one();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    assert_eq!(
+        outcome.handed_back(),
+        ["second"],
+        "second's checkpoint survives, first's late call does nothing"
+    );
+    let queued = source.queued();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(
+        (queued[0].id(), &queued[0].payload()[..]),
+        ("second", &b"checkpoint"[..])
+    );
+    let counters = pool.counters();
+    assert_eq!((counters.completed, counters.requeued), (1, 1));
+    assert_settled(counters);
+}
