@@ -10,7 +10,9 @@
 //!    the exit hook's retries), a job holds a lifecycle work guard, so the runtime's wait and
 //!    cancel grace cover its requeue, and exit hooks begin only after it.
 //! 4. A job waiting for hand-back stays in `HandBack::jobs` until the source confirms it; the
-//!    exit hook reports whatever is still there as lost, and nothing more is counted for it.
+//!    exit hook reports whatever is still there as lost, and nothing more is counted for it. If
+//!    the exit hook never runs, its skip callback does the same at once (after one synchronous
+//!    hand-back attempt), before the outcome is built.
 //! 5. A running job sits in its worker's `current` slot; whoever takes it out settles it: the
 //!    worker when the handler ends, or the exit hook for a job that outlived every deadline.
 
@@ -61,7 +63,12 @@ type BoxHandler =
 /// |---|---|---|
 /// | `jobs:start` | `startup` | [`JobSource::start`] (recover orphans), start the workers; they fetch once the service is ready |
 /// | `jobs:stop_fetching` | `stop_intake` | stop fetching (intake stopping already halts the workers: the hook makes it visible in the outcome and halts them under a custom graph too); a fetch still pending is dropped, and a job that a fetch returned after intake stopped is handed back, never run |
-/// | `jobs:close` | `exit` | wait for the workers, retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters |
+/// | `jobs:close` | `exit` | wait for the workers, retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters; returns at once if `jobs:start` never ran |
+///
+/// If `jobs:close` never runs (an earlier exit hook used the budget up), the jobs it would have
+/// settled are not dropped silently: the jobs still running or waiting for hand-back are handed
+/// back in one synchronous attempt (a source that needs no I/O, like [`MemorySource`](crate::MemorySource),
+/// takes them), and whatever that does not settle is reported in `Outcome::lost` by id.
 ///
 /// Each job holds a lifecycle work guard from its fetch until it is settled, so
 /// `LifecycleHandle::in_flight` counts running jobs and the `wait` phase waits for them.
@@ -251,12 +258,14 @@ impl<S: JobSource> JobPool<S> {
         };
         let close = {
             let inner = Arc::clone(&self.inner);
+            let skipped = Arc::clone(&self.inner);
             HookSpec::new(
                 Phase::EXIT,
                 self.inner.close_hook.clone(),
                 move |ctx: HookContext| Arc::clone(&inner).close(ctx),
             )
             .teardown_of(self.inner.start_hook.clone())
+            .on_skipped(move |handle| skipped.close_skipped(handle))
         };
         vec![start, stop, close]
     }
@@ -390,9 +399,21 @@ impl<S: JobSource> Inner<S> {
 
     async fn close(self: Arc<Self>, ctx: HookContext) -> Result<(), PoolError> {
         let handle = ctx.handle();
-        if let Some(bound) = self.bound.get() {
-            bound.halt.cancel();
+        // Acquire: pairs with the start hook's swap.
+        if !self.started.load(Ordering::Acquire) {
+            // The lifecycle ran this teardown for a start that never ran (skipped by an
+            // escalation): no worker, no job, nothing opened.
+            tracing::info!(pool = %self.name, "the pool never started: nothing to close");
+            return Ok(());
         }
+        let workers_started = match self.bound.get() {
+            Some(bound) => {
+                bound.halt.cancel();
+                true
+            }
+            // The start hook was cut off before it started the workers.
+            None => false,
+        };
         let now = Instant::now();
         let time_left = ctx.time_left().unwrap_or(UNBOUNDED_CLOSE);
         // Retries get three quarters of what is left, closing the source most of the rest, so
@@ -401,7 +422,7 @@ impl<S: JobSource> Inner<S> {
         let close_until = now + time_left * 9 / 10;
 
         // Every worker out: its job ended, or is waiting for hand-back.
-        if timeout_at(retry_until, self.tasks.wait()).await.is_err() {
+        if workers_started && timeout_at(retry_until, self.tasks.wait()).await.is_err() {
             let abandoned: Vec<Job> = self
                 .workers
                 .get()
@@ -479,6 +500,83 @@ impl<S: JobSource> Inner<S> {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+
+    /// The close hook never runs: settles at once what it would have settled, without waiting.
+    /// Jobs still running (their workers will not settle them now) and jobs waiting for
+    /// hand-back get one synchronous hand-back attempt; what it does not settle is reported lost.
+    fn close_skipped(&self, handle: &LifecycleHandle) {
+        if let Some(bound) = self.bound.get() {
+            bound.halt.cancel();
+        }
+        for worker in self.workers.get().into_iter().flatten() {
+            let running = worker.current.lock().take();
+            if let Some((job, _)) = running {
+                self.queue_hand_back(job);
+            }
+        }
+        let pending = self.hand_back.lock().jobs.clone();
+        if pending.is_empty() {
+            return;
+        }
+        // A flush in progress holds the lane: its outcome is unknown, so nothing is sent twice;
+        // the jobs are reported lost.
+        let mut failed: HashMap<String, usize> = HashMap::new();
+        match self.lane.try_lock() {
+            Ok(_lane) => match self.source.requeue(pending.clone()).now_or_never() {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    self.counters.source_errors.add(1);
+                    for job in error.jobs {
+                        *failed.entry(job.id().to_owned()).or_default() += 1;
+                    }
+                }
+                None => {
+                    tracing::warn!(pool = %self.name, "the source cannot hand jobs back without waiting; reporting them lost (a persistent source may still recover them)");
+                    for job in &pending {
+                        *failed.entry(job.id().to_owned()).or_default() += 1;
+                    }
+                }
+            },
+            Err(_) => {
+                for job in &pending {
+                    *failed.entry(job.id().to_owned()).or_default() += 1;
+                }
+            }
+        }
+        let (mut requeued, mut lost) = (Vec::new(), Vec::new());
+        {
+            let mut hand_back = self.hand_back.lock();
+            for job in pending {
+                // Absent if a flush finished meanwhile and counted it.
+                if !remove_one(&mut hand_back.jobs, job.id()) {
+                    continue;
+                }
+                match failed.get_mut(job.id()).filter(|count| **count > 0) {
+                    Some(count) => {
+                        *count -= 1;
+                        lost.push(job);
+                    }
+                    None => requeued.push(job),
+                }
+            }
+        }
+        for job in &requeued {
+            handle.report_handed_back(job.id());
+        }
+        for job in &lost {
+            handle.report_lost(job.id());
+        }
+        self.counters.requeued.add(requeued.len() as u64);
+        self.counters.lost.add(lost.len() as u64);
+        let requeued: Vec<&str> = requeued.iter().map(Job::id).collect();
+        let lost: Vec<&str> = lost.iter().map(Job::id).collect();
+        tracing::error!(
+            pool = %self.name,
+            ?requeued,
+            ?lost,
+            "the pool's close hook never ran (the exit budget was used up): unsettled jobs handed back at once or reported lost"
+        );
     }
 
     /// Queues an unfinished job for hand-back; it stays in flight until the source confirms.

@@ -932,3 +932,119 @@ async fn a_requeue_through_a_finished_jobs_context_leaves_the_next_jobs_checkpoi
     assert_eq!((counters.completed, counters.requeued), (1, 1));
     assert_settled(counters);
 }
+
+/// Two jobs that never end are cut off at the drain deadline and their hand-back fails; then
+/// an exit hook that runs before the pool's close (registered after it) uses the rest of the
+/// budget, so `jobs:close` never runs. `hand_back_in_exit` lets requeues succeed from the
+/// start of the exit phase on.
+async fn close_skipped(hand_back_in_exit: bool) -> (Outcome, JobPool<TestSource>, MemorySource) {
+    let memory = MemorySource::new(10);
+    fill(&memory, &["stuck-1", "stuck-2"]).await;
+    let source = TestSource::new(memory.clone(), Log::default());
+    source.requeue_failures.store(usize::MAX, Ordering::SeqCst);
+    let failures = source.requeue_failures.clone();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let pool = JobPool::builder(source)
+        .concurrency(2)
+        .build(move |_job: Job, _ctx: JobContext| {
+            let started_tx = started_tx.clone();
+            async move {
+                started_tx.send(()).unwrap();
+                std::future::pending::<Result<(), std::io::Error>>().await
+            }
+        });
+    let lifecycle = testing::builder()
+        .shutdown_timeout(Duration::from_secs(10))
+        .exit_reserve(Duration::from_secs(5))
+        .cancel_grace(Duration::from_secs(1))
+        .hooks(pool.hooks())
+        .on_exit("hog", move |_ctx| {
+            if hand_back_in_exit {
+                failures.store(0, Ordering::SeqCst);
+            }
+            sleep(Duration::from_secs(3600))
+        })
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    handle.stop();
+    let outcome = run.await.unwrap();
+    assert_eq!(
+        outcome.hook("jobs:close").unwrap().result,
+        HookResult::Skipped,
+        "{outcome}"
+    );
+    (outcome, pool, memory)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skipped_close_reports_the_jobs_it_could_not_hand_back_as_lost() {
+    init_tracing();
+    let (outcome, pool, memory) = close_skipped(false).await;
+    assert_eq!(
+        ids(outcome.lost().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"]),
+        "{outcome}"
+    );
+    assert!(outcome.handed_back().is_empty());
+    assert!(memory.is_empty());
+    let counters = pool.counters();
+    assert_eq!((counters.requeued, counters.lost), (0, 2));
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skipped_close_hands_back_at_once_what_the_source_takes_synchronously() {
+    init_tracing();
+    let (outcome, pool, memory) = close_skipped(true).await;
+    assert!(outcome.lost().is_empty(), "{:?}", outcome.lost());
+    assert_eq!(
+        ids(outcome.handed_back().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"])
+    );
+    assert_eq!(
+        ids(memory.queued_ids().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"])
+    );
+    let counters = pool.counters();
+    assert_eq!((counters.requeued, counters.lost), (2, 0));
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_whose_start_never_ran_returns_at_once() {
+    init_tracing();
+    let source = MemorySource::new(10);
+    fill(&source, &["never"]).await;
+    let pool = JobPool::builder(source.clone())
+        .build(|_job: Job, _ctx: JobContext| async { Ok::<(), std::io::Error>(()) });
+    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let handle = lifecycle.handle();
+    // Two signals before the run: escalation skips startup, so `jobs:start` never runs.
+    handle.trigger(Signal::Term);
+    handle.trigger(Signal::Term);
+    let outcome = lifecycle.run().await;
+    assert_eq!(
+        outcome.hook("jobs:start").unwrap().result,
+        HookResult::Skipped,
+        "{outcome}"
+    );
+    // Whether the lifecycle runs the teardown of a skipped start or not, the close must not
+    // wait for workers that were never started.
+    let close = outcome.hook("jobs:close").unwrap();
+    assert!(
+        close.result == HookResult::Skipped
+            || (close.result == HookResult::Ok && close.elapsed < Duration::from_millis(1)),
+        "{close:?}"
+    );
+    assert!(
+        outcome.stop_elapsed() < Duration::from_millis(1),
+        "{:?} of a 25 s budget",
+        outcome.stop_elapsed()
+    );
+    assert_eq!(source.queued_ids(), ["never"]);
+    assert_eq!(pool.counters().fetched, 0);
+}
