@@ -777,20 +777,53 @@ async fn a_second_signal_cancels_and_requeues_at_once() {
             Ok::<(), std::io::Error>(())
         }
     });
-    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let log = Log::default();
+    let lifecycle = testing::builder()
+        .hooks(pool.hooks())
+        .observe(log.observer())
+        .build()
+        .unwrap();
     let handle: LifecycleHandle = lifecycle.handle();
+    let mut events = handle.subscribe();
     let run = tokio::spawn(lifecycle.run());
     started.recv().await.unwrap();
     handle.trigger(Signal::Term);
+    // The second signal lands well inside the drain (20 s before its deadline, of the default
+    // 25 s budget): wait for the drain's progress report with 19 s left.
+    loop {
+        match events.next().await.expect("the run goes on") {
+            Event::Draining { time_left, .. } if time_left <= Duration::from_secs(19) => break,
+            _ => {}
+        }
+    }
+    let second = tokio::time::Instant::now();
     handle.trigger(Signal::Term);
     let outcome = run.await.unwrap();
-    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    let took = second.elapsed();
     assert!(
-        outcome.stop_elapsed() < Duration::from_secs(25),
-        "did not wait for the drain"
+        outcome.escalated(),
+        "the second signal escalated: {outcome}"
+    );
+    assert!(outcome.forced(), "{outcome}");
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    // Paused time: nothing waits between the second signal and the end, while the drain
+    // deadline was still 19 s away.
+    assert!(
+        took < Duration::from_millis(1),
+        "from the second signal to the end: {took:?} (the drain deadline was 19 s away)"
+    );
+    assert!(
+        outcome.stop_elapsed() < Duration::from_secs(7),
+        "{:?}",
+        outcome.stop_elapsed()
     );
     assert_eq!(outcome.handed_back(), ["slow"]);
     assert_eq!(source.queued_ids(), ["slow"]);
+    assert!(
+        log.position("cancelled 1").expect("work cancelled") < log.position("phase exit").unwrap(),
+        "handed back before the exit hooks: {:?}",
+        log.lines()
+    );
     assert_settled(pool.counters());
 }
 
