@@ -21,8 +21,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use lifecycle_hooks::{Event, Lifecycle, LifecycleHandle, Outcome, Phase};
 use lifecycle_hooks_jobs::{Job, JobContext, JobPool, JobSource, MemorySource, RedisSource};
-use lifecycle_hooks_kafka::Producer;
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
+use lifecycle_hooks_kafka::{Producer, SendError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -211,8 +211,11 @@ async fn serve<S: JobSource>(
     outcome
 }
 
-/// One job: work for `job_time`, then publish one message keyed by the job id. At the drain
-/// deadline the pool cancels it and hands it back; nothing is published twice for it.
+/// One job: work for `job_time`, then publish one message keyed by the job id. Until the
+/// message is queued, the deadline (or a second signal) cuts the job off and the pool hands it
+/// back; once it is queued, the job is past its point of no return: it is settled by its
+/// delivery (acknowledged, or failed if the delivery fails) and never handed back, so nothing
+/// is published twice for it.
 async fn publish(
     job: Job,
     ctx: JobContext,
@@ -223,8 +226,24 @@ async fn publish(
 ) -> Result<(), BoxError> {
     tokio::time::sleep(job_time).await;
     let payload = format!("{} done", job.id());
-    let record = FutureRecord::to(topic).key(job.id()).payload(&payload);
-    match producer.send(record).await {
+    let record = || FutureRecord::to(topic).key(job.id()).payload(&payload);
+    let delivered = match producer.try_send(record()) {
+        Ok(delivery) => {
+            // Queued in librdkafka: it is delivered (or purged at close) whatever happens to
+            // this job now. Declared before the next `.await`, so no cut-off falls in between.
+            ctx.point_of_no_return();
+            delivery.await
+        }
+        Err(SendError::QueueFull { .. }) => {
+            // librdkafka's queue is full: `send` waits for room and may queue the message at
+            // any point of that wait, so the point of no return comes first. Such a job is
+            // bounded by the producer's queue timeout instead of the drain deadline.
+            ctx.point_of_no_return();
+            producer.send(record()).await
+        }
+        Err(error) => Err(error),
+    };
+    match delivered {
         Ok(_) => Ok(()),
         Err(error) => {
             if error.is_closed() {

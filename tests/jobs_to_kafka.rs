@@ -140,6 +140,52 @@ fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
     assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
 }
 
+#[test]
+fn a_job_whose_message_is_queued_is_settled_by_it_and_never_handed_back() {
+    // A broker that never answers (a closed loopback port): every message stays queued, so the
+    // drain deadline comes while each running job waits for its delivery report.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let (summary, code, took) = run_timed(
+        &[
+            "--brokers",
+            &brokers,
+            "--job-ms",
+            "20",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+        Signal::SIGTERM,
+        Some(8),
+    );
+    let sent = number(&summary, "messages_sent");
+    let completed = number(&summary, "jobs_completed");
+    let failed = number(&summary, "jobs_failed");
+    assert!(
+        sent >= 8,
+        "the running jobs queued their messages: {summary:?}"
+    );
+    // No job was handed back after its message was queued: each queued message belongs to a
+    // job that was settled by it (completed, or failed by its delivery).
+    assert_eq!(
+        number(&summary, "jobs_requeued"),
+        0,
+        "a job whose message is queued must not run again: {summary:?}"
+    );
+    assert!(sent <= completed + failed, "{summary:?}");
+    assert!(
+        number(&summary, "messages_delivered") <= completed,
+        "{summary:?}"
+    );
+    // The undelivered messages are purged at close and reported: not a clean exit.
+    assert_eq!(number(&summary, "undelivered"), sent, "{summary:?}");
+    assert_ne!(code, 0, "{summary:?}");
+    assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
+}
+
 /// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,
 /// bounded by `PATIENCE` per message), and returns every key read.
 fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {

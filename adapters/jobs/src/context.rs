@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lifecycle_hooks::LifecycleHandle;
 use parking_lot::Mutex;
@@ -41,6 +42,16 @@ pub(crate) struct Worker {
 pub(crate) struct JobState {
     /// A checkpoint from [`JobContext::requeue`]. Locked briefly.
     pub(crate) checkpoint: Mutex<Option<Job>>,
+    /// Set by [`JobContext::point_of_no_return`] (Release; read with Acquire): from then on
+    /// the job is never cut off or handed back, and its fate is its completion.
+    pub(crate) no_return: AtomicBool,
+}
+
+impl JobState {
+    /// Whether the job passed its point of no return.
+    pub(crate) fn past_no_return(&self) -> bool {
+        self.no_return.load(Ordering::Acquire)
+    }
 }
 
 impl Worker {
@@ -116,6 +127,41 @@ impl JobContext {
     /// kept past its job), it does nothing, and never touches the worker's next job.
     pub fn requeue(&self, job: Job) {
         *self.job.checkpoint.lock() = Some(job);
+    }
+
+    /// Declares that this job has passed its point of no return: it made an effect that must
+    /// not happen twice (a message handed to a producer, a payment sent), so from now on the
+    /// pool settles it by its completion and never hands it back.
+    ///
+    /// After this call, neither the drain deadline nor an escalation (a second signal) cuts the
+    /// job off: it runs until its handler returns, and is then acknowledged (or failed, if the
+    /// handler returns an error; a checkpoint from [`requeue`](Self::requeue) is ignored). It
+    /// is still bounded by the exit side: if it is still running when the pool's exit hook
+    /// stops waiting (three quarters of the exit budget), the exit hook acknowledges it and
+    /// counts it completed, and never requeues it. Call it right after the effect is committed,
+    /// before the next `.await`, so no cut-off can fall in between. Calling it again does
+    /// nothing.
+    ///
+    /// ```
+    /// use lifecycle_hooks_jobs::{Job, JobContext};
+    ///
+    /// async fn publish(job: Job, ctx: JobContext) -> Result<(), std::io::Error> {
+    ///     // ... work that may be cut off at the deadline and handed back ...
+    ///     let (queued, delivered) = tokio::sync::oneshot::channel::<()>(); // a producer's send
+    ///     # drop(queued);
+    ///     ctx.point_of_no_return(); // the message is queued: this job must not run again
+    ///     let _ = delivered.await; // waits for the delivery, never cut off
+    ///     Ok(())
+    /// }
+    /// # let _ = publish;
+    /// ```
+    pub fn point_of_no_return(&self) {
+        self.job.no_return.store(true, Ordering::Release);
+    }
+
+    /// Whether [`point_of_no_return`](Self::point_of_no_return) was called for this job.
+    pub fn is_past_point_of_no_return(&self) -> bool {
+        self.job.past_no_return()
     }
 
     /// The lifecycle the pool runs under.

@@ -15,6 +15,10 @@
 //!    hand-back attempt), before the outcome is built.
 //! 5. A running job sits in its worker's `current` slot; whoever takes it out settles it: the
 //!    worker when the handler ends, or the exit hook for a job that outlived every deadline.
+//! 6. A job that passed its point of no return (`JobContext::point_of_no_return`) is never cut
+//!    off nor handed back: it ends completed (acked) or failed, or, if it outlives the exit
+//!    budget or the close is skipped, acked as completed (reported lost only if that ack
+//!    cannot be made).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -76,7 +80,9 @@ type BoxHandler =
 /// job can checkpoint with [`JobContext::requeue`]. At the drain deadline the lifecycle cancels
 /// what is still running: each such job is dropped at its next `.await` and handed back with
 /// [`JobSource::requeue`] before the exit phase begins (Sidekiq's `bulk_requeue`); the ids are in
-/// `Outcome::handed_back` and the count in [`Counters::requeued`]. A handler that panics fails its
+/// `Outcome::handed_back` and the count in [`Counters::requeued`]. A job that declared
+/// [`JobContext::point_of_no_return`] (its effect is made and must not be made twice) is not cut
+/// off: it runs to its end and is acknowledged, bounded by the exit hook's wait. A handler that panics fails its
 /// job only; the [`RetryPolicy`] decides whether it runs again.
 ///
 /// ```
@@ -423,22 +429,34 @@ impl<S: JobSource> Inner<S> {
 
         // Every worker out: its job ended, or is waiting for hand-back.
         if workers_started && timeout_at(retry_until, self.tasks.wait()).await.is_err() {
-            let abandoned: Vec<Job> = self
+            let abandoned: Vec<(Job, Arc<JobState>)> = self
                 .workers
                 .get()
                 .into_iter()
                 .flatten()
                 .filter_map(|worker| worker.current.lock().take())
-                .map(|(job, _)| job)
                 .collect();
-            let ids: Vec<&str> = abandoned.iter().map(Job::id).collect();
-            tracing::error!(
-                pool = %self.name,
-                ?ids,
-                "jobs still running past every deadline (a handler that ignores cancellation): handing them back"
-            );
-            for job in abandoned {
+            let (settled, unfinished): (Vec<_>, Vec<_>) = abandoned
+                .into_iter()
+                .partition(|(_, state)| state.past_no_return());
+            if !unfinished.is_empty() {
+                let ids: Vec<&str> = unfinished.iter().map(|(job, _)| job.id()).collect();
+                tracing::error!(
+                    pool = %self.name,
+                    ?ids,
+                    "jobs still running past every deadline (a handler that ignores cancellation): handing them back"
+                );
+            }
+            for (job, _) in unfinished {
                 self.queue_hand_back(job);
+            }
+            for (job, _) in settled {
+                tracing::error!(
+                    pool = %self.name,
+                    id = job.id(),
+                    "a job past its point of no return is still running at the end of the exit budget: acknowledged, never handed back"
+                );
+                self.ack_as_completed(&job).await;
             }
         }
 
@@ -511,8 +529,24 @@ impl<S: JobSource> Inner<S> {
         }
         for worker in self.workers.get().into_iter().flatten() {
             let running = worker.current.lock().take();
-            if let Some((job, _)) = running {
+            let Some((job, state)) = running else {
+                continue;
+            };
+            if !state.past_no_return() {
                 self.queue_hand_back(job);
+                continue;
+            }
+            // Settled by its completion: acknowledged if the source can do it without waiting.
+            match self.source.ack(&job).now_or_never() {
+                Some(Ok(())) => self.counters.completed.add(1),
+                acked => {
+                    if let Some(Err(_)) = acked {
+                        self.counters.source_errors.add(1);
+                    }
+                    tracing::error!(pool = %self.name, id = job.id(), "a job past its point of no return was still running and could not be acknowledged: reported lost (it may run again)");
+                    handle.report_lost(job.id());
+                    self.counters.lost.add(1);
+                }
             }
         }
         let pending = self.hand_back.lock().jobs.clone();
@@ -577,6 +611,16 @@ impl<S: JobSource> Inner<S> {
             ?lost,
             "the pool's close hook never ran (the exit budget was used up): unsettled jobs handed back at once or reported lost"
         );
+    }
+
+    /// Acknowledges a job and counts it completed (an ack that fails is logged: the job may
+    /// run again).
+    async fn ack_as_completed(&self, job: &Job) {
+        if let Err(error) = self.source.ack(job).await {
+            self.counters.source_errors.add(1);
+            tracing::error!(pool = %self.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
+        }
+        self.counters.completed.add(1);
     }
 
     /// Queues an unfinished job for hand-back; it stays in flight until the source confirms.
@@ -762,15 +806,26 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, job: Job) {
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(for_handler, ctx)));
     let ran = match started {
         Err(panic) => Some(Err(JobFailure::Panicked(panic_message(&*panic)))),
-        Ok(handler) => tokio::select! {
-            biased;
-            result = AssertUnwindSafe(handler).catch_unwind() => Some(match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(JobFailure::Error(error)),
-                Err(panic) => Err(JobFailure::Panicked(panic_message(&*panic))),
-            }),
-            () = worker.cancel.cancelled() => None,
-        },
+        Ok(handler) => {
+            let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
+            let mut cancelled = std::pin::pin!(worker.cancel.cancelled());
+            // The handler first; the cut-off only while the job has not passed its point of no
+            // return (read after the poll in which the handler may have declared it).
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = handler.as_mut().poll(cx) {
+                    return Poll::Ready(Some(match result {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(error)) => Err(JobFailure::Error(error)),
+                        Err(panic) => Err(JobFailure::Panicked(panic_message(&*panic))),
+                    }));
+                }
+                if !state.past_no_return() && cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        }
     };
     let checkpoint = state.checkpoint.lock().take();
     let Some((job, _)) = worker.current.lock().take() else {
@@ -783,7 +838,7 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, job: Job) {
             inner.queue_hand_back(job);
             inner.flush(&worker.bound.handle, false).await;
         }
-        Some(Ok(())) => match checkpoint {
+        Some(Ok(())) => match checkpoint.filter(|_| !state.past_no_return()) {
             Some(next) => {
                 tracing::info!(pool = %inner.name, id = next.id(), "checkpointed: handing it back");
                 // The checkpoint replaces this delivery, whatever the handler built.
@@ -793,13 +848,7 @@ async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, job: Job) {
                 inner.queue_hand_back(next);
                 inner.flush(&worker.bound.handle, false).await;
             }
-            None => {
-                if let Err(error) = inner.source.ack(&job).await {
-                    inner.counters.source_errors.add(1);
-                    tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
-                }
-                inner.counters.completed.add(1);
-            }
+            None => inner.ack_as_completed(&job).await,
         },
         Some(Err(failure)) => {
             let retry = std::panic::catch_unwind(AssertUnwindSafe(|| {

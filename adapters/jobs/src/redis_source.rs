@@ -177,7 +177,9 @@ impl RedisKeys {
 /// 3. **An ack whose answer is lost or fails**: the job stays in the processing list and goes
 ///    back to the queue at close (or by recovery), and runs again.
 /// 4. **A job cut off at the drain deadline, or checkpointed**, is handed back on purpose and
-///    runs again (from its checkpoint).
+///    runs again (from its checkpoint); a job that declared
+///    [`JobContext::point_of_no_return`](crate::JobContext::point_of_no_return) is never
+///    handed back.
 ///
 /// Jobs that must not have their effect twice need an idempotent handler (a key on the job id)
 /// whatever the queue. A hand-back is applied at most once even when retried after a lost

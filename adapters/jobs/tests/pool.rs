@@ -1081,3 +1081,112 @@ async fn a_close_whose_start_never_ran_returns_at_once() {
     assert_eq!(source.queued_ids(), ["never"]);
     assert_eq!(pool.counters().fetched, 0);
 }
+
+/// `committed` passes its point of no return, says so, then waits for `delivered` (a message
+/// handed to a producer, waiting for its delivery report); `plain` never ends. Returns the
+/// outcome, the pool and the source, once `act` has run after both started.
+async fn point_of_no_return(
+    act: impl AsyncFnOnce(&LifecycleHandle, &mut lifecycle_hooks::EventStream, Arc<tokio::sync::Notify>),
+) -> (Outcome, JobPool<MemorySource>, MemorySource) {
+    let source = MemorySource::new(10);
+    fill(&source, &["committed", "plain"]).await;
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let pool = JobPool::builder(source.clone()).concurrency(2).build({
+        let delivered = delivered.clone();
+        move |job: Job, ctx: JobContext| {
+            let (delivered, started_tx) = (delivered.clone(), started_tx.clone());
+            async move {
+                if job.id() == "committed" {
+                    ctx.point_of_no_return();
+                    assert!(ctx.is_past_point_of_no_return());
+                    started_tx.send(()).unwrap();
+                    delivered.notified().await;
+                    // Checkpoints after the point of no return are ignored.
+                    ctx.requeue(job);
+                } else {
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    });
+    let lifecycle = testing::builder()
+        .shutdown_timeout(Duration::from_secs(10))
+        .exit_reserve(Duration::from_secs(4))
+        .cancel_grace(Duration::from_secs(1))
+        .hooks(pool.hooks())
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let mut events = handle.subscribe();
+    let run = tokio::spawn(lifecycle.run());
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    act(&handle, &mut events, delivered).await;
+    (run.await.unwrap(), pool, source)
+}
+
+/// Only `plain` was handed back; `committed` completed and is gone from the source.
+fn assert_committed_is_never_handed_back(
+    outcome: &Outcome,
+    pool: &JobPool<MemorySource>,
+    source: &MemorySource,
+) {
+    assert_eq!(outcome.handed_back(), ["plain"], "{outcome}");
+    assert!(outcome.lost().is_empty(), "{:?}", outcome.lost());
+    assert_eq!(source.queued_ids(), ["plain"]);
+    let counters = pool.counters();
+    assert_eq!(
+        (counters.completed, counters.requeued),
+        (1, 1),
+        "{counters:?}"
+    );
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_is_not_cut_off_at_the_deadline() {
+    init_tracing();
+    let (outcome, pool, source) = point_of_no_return(async |handle, events, delivered| {
+        handle.stop();
+        // The deadline cuts off `plain` only; `committed` goes on, and is delivered later.
+        while !matches!(events.next().await, Some(Event::WorkCancelled { .. })) {}
+        delivered.notify_one();
+    })
+    .await;
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_is_not_cut_off_by_a_second_signal() {
+    init_tracing();
+    let (outcome, pool, source) = point_of_no_return(async |handle, events, delivered| {
+        handle.trigger(Signal::Term);
+        handle.trigger(Signal::Term);
+        while !matches!(events.next().await, Some(Event::WorkCancelled { .. })) {}
+        delivered.notify_one();
+    })
+    .await;
+    assert!(outcome.escalated(), "{outcome}");
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_that_outlives_the_exit_budget_is_acked_not_requeued() {
+    init_tracing();
+    // `committed` is never delivered.
+    let (outcome, pool, source) = point_of_no_return(async |handle, _events, _delivered| {
+        handle.stop();
+    })
+    .await;
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    assert!(
+        outcome.stop_elapsed() <= Duration::from_secs(10),
+        "bounded by the budget: {:?}",
+        outcome.stop_elapsed()
+    );
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
+}
