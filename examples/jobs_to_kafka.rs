@@ -8,7 +8,11 @@
 //! `kill -TERM <pid>` (status 0), restart it with `kill -USR2 <pid>` (status 4).
 //!
 //! stdout: `ready pid=<pid>` once running, then one last `summary ...` line; progress goes to
-//! stderr. Flags: `--concurrency N` (8), `--job-ms N` (50), `--close-producer-on exit|shutdown`,
+//! stderr. The summary is a ledger that adds up: `jobs_fetched = jobs_completed + jobs_failed +
+//! jobs_requeued + jobs_lost` (lost: neither finished nor handed back), `messages_sent =
+//! messages_delivered + messages_failed + messages_in_flight` (failed includes the `undelivered`
+//! ones purged at close), and every queued message belongs to a completed or failed job, never
+//! to a requeued one. Flags: `--concurrency N` (8), `--job-ms N` (50), `--close-producer-on exit|shutdown`,
 //! `--shutdown-timeout-ms N` (25000), `--brokers LIST`, `--topic NAME` (`jobs`),
 //! `--redis URL` with `--queue NAME` (`jobs`), `--enqueue N` (push N jobs `job-0..` first),
 //! `--http-port N` (serve `/ready` for a Kubernetes readiness probe).
@@ -196,7 +200,7 @@ async fn serve<S: JobSource>(
     let jobs = pool.counters();
     let messages = producer.stats();
     say(format_args!(
-        "summary reason={} exit_code={} jobs_fetched={} jobs_completed={} jobs_failed={} jobs_requeued={} messages_sent={} messages_delivered={} producer_closed_errors={} undelivered={}",
+        "summary reason={} exit_code={} jobs_fetched={} jobs_completed={} jobs_failed={} jobs_requeued={} messages_sent={} messages_delivered={} producer_closed_errors={} undelivered={} jobs_lost={} messages_failed={} messages_in_flight={}",
         outcome.reason(),
         outcome.exit_code(),
         jobs.fetched,
@@ -207,6 +211,9 @@ async fn serve<S: JobSource>(
         messages.delivered,
         closed_errors.load(Ordering::Relaxed),
         messages.purged,
+        jobs.lost,
+        messages.failed,
+        messages.in_flight,
     ));
     outcome
 }
