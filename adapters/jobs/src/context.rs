@@ -10,32 +10,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::job::Job;
 
-/// The lifecycle as the pool sees it; set once per pool by its start hook.
-#[derive(Debug)]
-pub(crate) struct Bound {
-    pub(crate) handle: LifecycleHandle,
-    /// Stop fetching: a child of the intake token, also cancelled by the pool's hooks and when
-    /// work is cancelled.
-    pub(crate) halt: CancellationToken,
-    /// Cancelled when the drain begins.
-    pub(crate) drain: CancellationToken,
-    /// Cancelled at the drain deadline (or on escalation): unfinished jobs are handed back.
-    pub(crate) cancel: CancellationToken,
-}
-
-/// One worker's state, shared with the contexts of the jobs it runs. Each token is the worker's
-/// own child token, so checking it locks nothing another worker touches.
-#[derive(Debug)]
-pub(crate) struct Worker {
-    pub(crate) bound: Arc<Bound>,
-    pub(crate) halt: CancellationToken,
-    pub(crate) drain: CancellationToken,
-    pub(crate) cancel: CancellationToken,
-    /// The job this worker is running, with its state; taken by whoever settles it (the
-    /// worker, or the exit hook writing off a job that outlived every deadline). Locked briefly.
-    pub(crate) current: Mutex<Option<(Job, Arc<JobState>)>>,
-}
-
 /// One job's own state, shared by the worker running it and the job's [`JobContext`]: a
 /// context kept past its job can only touch its own job's state, never the next job's.
 #[derive(Debug, Default)]
@@ -51,18 +25,6 @@ impl JobState {
     /// Whether the job passed its point of no return.
     pub(crate) fn past_no_return(&self) -> bool {
         self.no_return.load(Ordering::Acquire)
-    }
-}
-
-impl Worker {
-    pub(crate) fn new(bound: &Arc<Bound>) -> Worker {
-        Worker {
-            halt: bound.halt.child_token(),
-            drain: bound.drain.child_token(),
-            cancel: bound.cancel.child_token(),
-            bound: Arc::clone(bound),
-            current: Mutex::new(None),
-        }
     }
 }
 
@@ -88,7 +50,10 @@ impl Worker {
 /// # let _ = resize_all;
 /// ```
 pub struct JobContext {
-    pub(crate) worker: Arc<Worker>,
+    /// The running worker's drain token (its own child token, so checking it locks nothing
+    /// another worker touches).
+    pub(crate) drain: CancellationToken,
+    pub(crate) handle: LifecycleHandle,
     /// The state of the job this context was given with (not the worker's next job).
     pub(crate) job: Arc<JobState>,
 }
@@ -105,7 +70,7 @@ impl JobContext {
     /// Whether the service is stopping (the drain has begun): a long job should checkpoint and
     /// [`requeue`](Self::requeue) itself, or finish quickly.
     pub fn is_stopping(&self) -> bool {
-        self.worker.drain.is_cancelled()
+        self.drain.is_cancelled()
     }
 
     /// Completes when the service starts stopping (the drain begins).
@@ -114,7 +79,7 @@ impl JobContext {
     ///
     /// Cancel safe; the future owns what it needs.
     pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.worker.drain.clone().cancelled_owned()
+        self.drain.clone().cancelled_owned()
     }
 
     /// Hands `job` back to the source instead of acknowledging the current delivery, once the
@@ -166,6 +131,6 @@ impl JobContext {
 
     /// The lifecycle the pool runs under.
     pub fn lifecycle(&self) -> &LifecycleHandle {
-        &self.worker.bound.handle
+        &self.handle
     }
 }

@@ -1,5 +1,8 @@
 //! The worker pool and its hooks. See [`JobPool`].
 //!
+//! Three files: this one, the pool's API and its hooks; [`worker`], the worker loop and a
+//! job's run; [`hand_back`], the jobs waiting to go back to the source.
+//!
 //! # Invariants
 //!
 //! 1. Every fetched job ends in exactly one of completed (acked), failed (`JobSource::fail`),
@@ -20,35 +23,33 @@
 //!    budget or the close is skipped, acked as completed (reported lost only if that ack
 //!    cannot be made).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use lifecycle_hooks::{BoxError, HookContext, HookSpec, LifecycleHandle, Phase};
+use lifecycle_hooks::{BoxError, HookContext, HookSpec, Phase};
 use parking_lot::Mutex;
-use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::context::{Bound, JobContext, JobState, Worker};
+use crate::context::{JobContext, JobState};
 use crate::counters::{Cells, Counters};
-use crate::errors::{JobFailure, PoolError};
+use crate::errors::PoolError;
 use crate::job::Job;
-use crate::retry::{MaxAttempts, Retry, RetryPolicy};
+use crate::retry::{MaxAttempts, RetryPolicy};
 use crate::source::JobSource;
+
+mod hand_back;
+mod worker;
+
+use hand_back::HandBack;
+use worker::{Bound, Worker, work};
 
 /// The default number of jobs that run at once.
 pub const DEFAULT_CONCURRENCY: usize = 10;
-
-/// First and last pause between fetch attempts after the source failed.
-const FETCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 /// First and last pause between requeue attempts in the exit hook.
 const REQUEUE_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 /// The exit hook's budget when the lifecycle gives it no deadline.
@@ -321,14 +322,6 @@ struct Inner<S> {
     lane: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
-struct HandBack {
-    /// Unfinished jobs not yet confirmed requeued; still in flight.
-    jobs: Vec<Job>,
-    /// How many of `jobs` were added since the last requeue attempt.
-    fresh: usize,
-}
-
 impl<S: JobSource> Inner<S> {
     async fn start(self: Arc<Self>, ctx: HookContext) -> Result<(), PoolError> {
         if self.started.swap(true, Ordering::AcqRel) {
@@ -519,354 +512,4 @@ impl<S: JobSource> Inner<S> {
             None => Ok(()),
         }
     }
-
-    /// The close hook never runs: settles at once what it would have settled, without waiting.
-    /// Jobs still running (their workers will not settle them now) and jobs waiting for
-    /// hand-back get one synchronous hand-back attempt; what it does not settle is reported lost.
-    fn close_skipped(&self, handle: &LifecycleHandle) {
-        if let Some(bound) = self.bound.get() {
-            bound.halt.cancel();
-        }
-        for worker in self.workers.get().into_iter().flatten() {
-            let running = worker.current.lock().take();
-            let Some((job, state)) = running else {
-                continue;
-            };
-            if !state.past_no_return() {
-                self.queue_hand_back(job);
-                continue;
-            }
-            // Settled by its completion: acknowledged if the source can do it without waiting.
-            match self.source.ack(&job).now_or_never() {
-                Some(Ok(())) => self.counters.completed.add(1),
-                acked => {
-                    if let Some(Err(_)) = acked {
-                        self.counters.source_errors.add(1);
-                    }
-                    tracing::error!(pool = %self.name, id = job.id(), "a job past its point of no return was still running and could not be acknowledged: reported lost (it may run again)");
-                    handle.report_lost(job.id());
-                    self.counters.lost.add(1);
-                }
-            }
-        }
-        let pending = self.hand_back.lock().jobs.clone();
-        if pending.is_empty() {
-            return;
-        }
-        // A flush in progress holds the lane: its outcome is unknown, so nothing is sent twice;
-        // the jobs are reported lost.
-        let mut failed: HashMap<String, usize> = HashMap::new();
-        match self.lane.try_lock() {
-            Ok(_lane) => match self.source.requeue(pending.clone()).now_or_never() {
-                Some(Ok(())) => {}
-                Some(Err(error)) => {
-                    self.counters.source_errors.add(1);
-                    for job in error.jobs {
-                        *failed.entry(job.id().to_owned()).or_default() += 1;
-                    }
-                }
-                None => {
-                    tracing::warn!(pool = %self.name, "the source cannot hand jobs back without waiting; reporting them lost (a persistent source may still recover them)");
-                    for job in &pending {
-                        *failed.entry(job.id().to_owned()).or_default() += 1;
-                    }
-                }
-            },
-            Err(_) => {
-                for job in &pending {
-                    *failed.entry(job.id().to_owned()).or_default() += 1;
-                }
-            }
-        }
-        let (mut requeued, mut lost) = (Vec::new(), Vec::new());
-        {
-            let mut hand_back = self.hand_back.lock();
-            for job in pending {
-                // Absent if a flush finished meanwhile and counted it.
-                if !remove_one(&mut hand_back.jobs, job.id()) {
-                    continue;
-                }
-                match failed.get_mut(job.id()).filter(|count| **count > 0) {
-                    Some(count) => {
-                        *count -= 1;
-                        lost.push(job);
-                    }
-                    None => requeued.push(job),
-                }
-            }
-        }
-        for job in &requeued {
-            handle.report_handed_back(job.id());
-        }
-        for job in &lost {
-            handle.report_lost(job.id());
-        }
-        self.counters.requeued.add(requeued.len() as u64);
-        self.counters.lost.add(lost.len() as u64);
-        let requeued: Vec<&str> = requeued.iter().map(Job::id).collect();
-        let lost: Vec<&str> = lost.iter().map(Job::id).collect();
-        tracing::error!(
-            pool = %self.name,
-            ?requeued,
-            ?lost,
-            "the pool's close hook never ran (the exit budget was used up): unsettled jobs handed back at once or reported lost"
-        );
-    }
-
-    /// Acknowledges a job and counts it completed (an ack that fails is logged: the job may
-    /// run again).
-    async fn ack_as_completed(&self, job: &Job) {
-        if let Err(error) = self.source.ack(job).await {
-            self.counters.source_errors.add(1);
-            tracing::error!(pool = %self.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
-        }
-        self.counters.completed.add(1);
-    }
-
-    /// Queues an unfinished job for hand-back; it stays in flight until the source confirms.
-    fn queue_hand_back(&self, job: Job) {
-        let mut hand_back = self.hand_back.lock();
-        hand_back.jobs.push(job);
-        hand_back.fresh += 1;
-    }
-
-    /// Requeues the jobs waiting for hand-back in one batch. Without `force`, only if some were
-    /// added since the last attempt (retries are the exit hook's). True when none is left.
-    async fn flush(&self, handle: &LifecycleHandle, force: bool) -> bool {
-        let _lane = self.lane.lock().await;
-        let batch = {
-            let mut hand_back = self.hand_back.lock();
-            if hand_back.jobs.is_empty() || !force && hand_back.fresh == 0 {
-                return hand_back.jobs.is_empty();
-            }
-            hand_back.fresh = 0;
-            hand_back.jobs.clone()
-        };
-        let mut failed: HashMap<String, usize> = HashMap::new();
-        if let Err(error) = self.source.requeue(batch.clone()).await {
-            self.counters.source_errors.add(1);
-            tracing::warn!(
-                pool = %self.name,
-                error = %chain(&error),
-                count = error.jobs.len(),
-                "requeue failed; the exit hook retries with backoff"
-            );
-            for job in error.jobs {
-                *failed.entry(job.id().to_owned()).or_default() += 1;
-            }
-        }
-        let mut hand_back = self.hand_back.lock();
-        let mut done = Vec::new();
-        for job in batch {
-            if let Some(count) = failed.get_mut(job.id()).filter(|count| **count > 0) {
-                *count -= 1;
-                continue;
-            }
-            // Absent if the exit hook already wrote it off: then it is counted there.
-            if remove_one(&mut hand_back.jobs, job.id()) {
-                handle.report_handed_back(job.id());
-                done.push(job);
-            }
-        }
-        let left = hand_back.jobs.is_empty();
-        drop(hand_back);
-        if !done.is_empty() {
-            self.counters.requeued.add(done.len() as u64);
-            let ids: Vec<&str> = done.iter().map(Job::id).collect();
-            tracing::info!(pool = %self.name, count = ids.len(), ?ids, "jobs handed back to the queue");
-        }
-        left
-    }
-
-    /// Jobs the source put back on the queue while closing: ours if we were still waiting to
-    /// hand them back, otherwise taken by a dropped fetch and never run.
-    fn returned_by_source(&self, handle: &LifecycleHandle, returned: Vec<Job>) {
-        if returned.is_empty() {
-            return;
-        }
-        let mut ours = 0;
-        {
-            let mut hand_back = self.hand_back.lock();
-            for job in &returned {
-                handle.report_handed_back(job.id());
-                if remove_one(&mut hand_back.jobs, job.id()) {
-                    ours += 1;
-                }
-            }
-        }
-        self.counters.requeued.add(ours as u64);
-        self.counters.recovered.add((returned.len() - ours) as u64);
-        let ids: Vec<&str> = returned.iter().map(Job::id).collect();
-        tracing::info!(pool = %self.name, count = ids.len(), ?ids, "the source handed back jobs it held");
-    }
 }
-
-/// Removes the first job with this id; false if there is none.
-fn remove_one(jobs: &mut Vec<Job>, id: &str) -> bool {
-    match jobs.iter().position(|job| job.id() == id) {
-        Some(at) => {
-            jobs.swap_remove(at);
-            true
-        }
-        None => false,
-    }
-}
-
-/// One worker (a Sidekiq processor): once the service is ready, fetches a job, runs it, settles
-/// it, and again, until it is halted or the source closes.
-async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
-    let handle = &worker.bound.handle;
-    let mut ready = handle.readiness();
-    tokio::select! {
-        biased;
-        () = worker.halt.cancelled() => return,
-        ready = ready.wait_for(|ready| *ready) => if ready.is_err() { return },
-    }
-    drop(ready);
-
-    let (mut backoff, max_backoff) = FETCH_BACKOFF;
-    loop {
-        // Once halted, no fetch starts, and a pending one is dropped (fetch is cancel safe).
-        if worker.halt.is_cancelled() {
-            return;
-        }
-        let fetch = inner.source.fetch();
-        tokio::pin!(fetch);
-        // A job already waiting is taken without registering for the halt (the common case
-        // under load); otherwise wait for either, the halt first.
-        let fetched = match futures::poll!(fetch.as_mut()) {
-            Poll::Ready(fetched) => fetched,
-            Poll::Pending => tokio::select! {
-                biased;
-                () = worker.halt.cancelled() => return,
-                fetched = &mut fetch => fetched,
-            },
-        };
-        let job = match fetched {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                tracing::debug!(pool = %inner.name, "the source is closed: the worker stops");
-                return;
-            }
-            Err(error) => {
-                inner.counters.source_errors.add(1);
-                tracing::warn!(
-                    pool = %inner.name,
-                    error = %chain(&error),
-                    backoff_ms = backoff.as_millis() as u64,
-                    "fetch failed; retrying"
-                );
-                tokio::select! {
-                    biased;
-                    () = worker.halt.cancelled() => return,
-                    () = sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(max_backoff);
-                continue;
-            }
-        };
-        backoff = FETCH_BACKOFF.0;
-        inner.counters.fetched.add(1);
-        let guard = handle.work_guard();
-        // The fetch completed while intake was stopping (on another thread).
-        if worker.halt.is_cancelled() {
-            tracing::info!(pool = %inner.name, id = job.id(), "fetched after intake stopped: handing it back unrun");
-            inner.queue_hand_back(job);
-            inner.flush(handle, false).await;
-            drop(guard);
-            return;
-        }
-        let span = tracing::info_span!(
-            "job",
-            pool = %inner.name,
-            id = job.id(),
-            queue = job.queue(),
-            attempt = job.attempt()
-        );
-        let settled = AssertUnwindSafe(run(&inner, &worker, job).instrument(span))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = settled {
-            inner.counters.source_errors.add(1);
-            tracing::error!(pool = %inner.name, panic = %panic_message(&*panic), "the job source panicked while settling a job");
-        }
-        drop(guard);
-    }
-}
-
-/// Runs one job to its end: acked, failed, or handed back.
-async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, job: Job) {
-    let state = Arc::new(JobState::default());
-    let ctx = JobContext {
-        worker: Arc::clone(worker),
-        job: Arc::clone(&state),
-    };
-    let for_handler = job.clone();
-    *worker.current.lock() = Some((job, Arc::clone(&state)));
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(for_handler, ctx)));
-    let ran = match started {
-        Err(panic) => Some(Err(JobFailure::Panicked(panic_message(&*panic)))),
-        Ok(handler) => {
-            let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
-            let mut cancelled = std::pin::pin!(worker.cancel.cancelled());
-            // The handler first; the cut-off only while the job has not passed its point of no
-            // return (read after the poll in which the handler may have declared it).
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = handler.as_mut().poll(cx) {
-                    return Poll::Ready(Some(match result {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(error)) => Err(JobFailure::Error(error)),
-                        Err(panic) => Err(JobFailure::Panicked(panic_message(&*panic))),
-                    }));
-                }
-                if !state.past_no_return() && cancelled.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await
-        }
-    };
-    let checkpoint = state.checkpoint.lock().take();
-    let Some((job, _)) = worker.current.lock().take() else {
-        tracing::warn!(pool = %inner.name, "a job ended after the exit hook had handed it back");
-        return;
-    };
-    match ran {
-        None => {
-            tracing::warn!(pool = %inner.name, id = job.id(), "cancelled at the drain deadline: handing it back");
-            inner.queue_hand_back(job);
-            inner.flush(&worker.bound.handle, false).await;
-        }
-        Some(Ok(())) => match checkpoint.filter(|_| !state.past_no_return()) {
-            Some(next) => {
-                tracing::info!(pool = %inner.name, id = next.id(), "checkpointed: handing it back");
-                // The checkpoint replaces this delivery, whatever the handler built.
-                let next = next
-                    .with_receipt(job.receipt().clone())
-                    .with_queue(job.shared_queue().clone());
-                inner.queue_hand_back(next);
-                inner.flush(&worker.bound.handle, false).await;
-            }
-            None => inner.ack_as_completed(&job).await,
-        },
-        Some(Err(failure)) => {
-            let retry = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                inner.retry.decide(&job, &failure)
-            }))
-            .unwrap_or_else(|panic| {
-                tracing::error!(pool = %inner.name, id = job.id(), panic = %panic_message(&*panic), "the retry policy panicked; the job goes to the dead jobs");
-                Retry::Dead
-            });
-            tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&failure), ?retry, "job failed");
-            if let Err(error) = inner.source.fail(&job, retry).await {
-                inner.counters.source_errors.add(1);
-                tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "recording the failure failed; the job may run again");
-            }
-            inner.counters.failed.add(1);
-        }
-    }
-}
-
-pub(crate) use lifecycle_hooks::errors::chain;
-use lifecycle_hooks::errors::panic_message;
