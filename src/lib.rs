@@ -7,28 +7,37 @@
 
 mod builder;
 mod control;
+mod deadline;
 pub mod errors;
 mod event;
+mod fdstore;
 mod graph;
 mod handle;
 mod hook;
+mod lifecycle;
 mod notify;
 mod outcome;
 mod phase;
+mod plan;
 #[cfg(feature = "macros")]
 mod registry;
-mod runtime;
+mod runner;
 mod signals;
 pub mod testing;
 
 pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use deadline::Deadlines;
 pub use errors::BoxError;
 pub use event::{Event, EventStream, Snapshot};
+pub use fdstore::{FdStore, ListenAddr, Listener};
 pub use handle::{LifecycleHandle, WorkGuard};
-pub use hook::{Hook, HookContext, HookResult, HookSpec, IntoHookResult};
-pub use outcome::{ExitCodes, HookReport, Outcome, PhaseReport, PhaseStatus, Reason};
+pub use hook::{Hook, HookContext, HookSpec};
+pub use lifecycle::Lifecycle;
+pub use outcome::{
+    ExitCodes, HookReport, HookResult, IntoHookResult, Outcome, PhaseReport, PhaseStatus, Reason,
+    WorkItem,
+};
 pub use phase::{Phase, PhaseSpec};
-pub use runtime::Lifecycle;
 pub use signals::{Action, Signal, Signals};
 
 #[cfg(feature = "macros")]
