@@ -31,6 +31,32 @@ fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
     summary[key].parse().unwrap()
 }
 
+/// The summary line adds up, in every scenario: each fetched job ended one way, each queued
+/// message ended one way (or is still in flight), and each queued message belongs to a job that
+/// was settled by it (completed or failed), never to one handed back to run again.
+fn assert_ledger(summary: &HashMap<String, String>) {
+    let n = |key| number(summary, key);
+    assert_eq!(
+        n("jobs_fetched"),
+        n("jobs_completed") + n("jobs_failed") + n("jobs_requeued") + n("jobs_lost"),
+        "jobs: {summary:?}"
+    );
+    assert_eq!(
+        n("messages_sent"),
+        n("messages_delivered") + n("messages_failed") + n("messages_in_flight"),
+        "messages: {summary:?}"
+    );
+    assert!(n("undelivered") <= n("messages_failed"), "{summary:?}");
+    assert!(
+        n("messages_sent") <= n("jobs_completed") + n("jobs_failed"),
+        "a message was queued by a job that was handed back: {summary:?}"
+    );
+    assert!(
+        n("messages_delivered") <= n("jobs_completed"),
+        "{summary:?}"
+    );
+}
+
 /// Runs the demo, sends `signal` once it is ready and, with `busy`, once that many jobs are in
 /// flight (it asks with `SIGTTIN` and reads the state dump from the log), and returns the summary
 /// and exit code.
@@ -61,14 +87,7 @@ fn run_timed(
     let (lines, status) = service.finish();
     let took = signalled.elapsed();
     let summary = summary(&lines);
-    // The ledger holds in every scenario.
-    assert_eq!(
-        number(&summary, "jobs_fetched"),
-        number(&summary, "jobs_completed")
-            + number(&summary, "jobs_failed")
-            + number(&summary, "jobs_requeued"),
-        "{summary:?}"
-    );
+    assert_ledger(&summary);
     (summary, status.code().expect("an exit code"), took)
 }
 
@@ -129,6 +148,57 @@ fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
     );
     assert_eq!(number(&summary, "jobs_completed"), 0);
     // Within the 1.5 s budget plus a little (process exit, a loaded machine).
+    assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
+}
+
+#[test]
+fn a_job_whose_message_is_queued_is_settled_by_it_and_never_handed_back() {
+    // A broker that never answers (a closed loopback port): every message stays queued, so the
+    // drain deadline comes while each running job waits for its delivery report.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let (summary, code, took) = run_timed(
+        &[
+            "--brokers",
+            &brokers,
+            "--job-ms",
+            "20",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+        Signal::SIGTERM,
+        Some(8),
+    );
+    let sent = number(&summary, "messages_sent");
+    let completed = number(&summary, "jobs_completed");
+    let failed = number(&summary, "jobs_failed");
+    assert!(
+        sent >= 8,
+        "the running jobs queued their messages: {summary:?}"
+    );
+    // No job was handed back after its message was queued: each queued message belongs to a
+    // job that was settled by it (completed, or failed by its delivery).
+    assert_eq!(
+        number(&summary, "jobs_requeued"),
+        0,
+        "a job whose message is queued must not run again: {summary:?}"
+    );
+    assert!(sent <= completed + failed, "{summary:?}");
+    assert!(
+        number(&summary, "messages_delivered") <= completed,
+        "{summary:?}"
+    );
+    // The undelivered messages are purged at close and reported: not a clean exit. The ledger
+    // says where each went.
+    assert_eq!(number(&summary, "undelivered"), sent, "{summary:?}");
+    assert_eq!(number(&summary, "messages_failed"), sent, "{summary:?}");
+    assert_eq!(number(&summary, "messages_in_flight"), 0, "{summary:?}");
+    assert_eq!(number(&summary, "messages_delivered"), 0, "{summary:?}");
+    assert_eq!(number(&summary, "jobs_lost"), 0, "{summary:?}");
+    assert_ne!(code, 0, "{summary:?}");
     assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
 }
 
@@ -205,7 +275,9 @@ async fn rolling_restarts_under_load_lose_no_job() {
     last.signal(Signal::SIGTERM);
     let (lines, status) = last.finish();
     assert_eq!(status.code(), Some(0));
-    completed += number(&summary(&lines), "jobs_completed");
+    let last_summary = summary(&lines);
+    assert_ledger(&last_summary);
+    completed += number(&last_summary, "jobs_completed");
 
     let distinct: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), JOBS);
