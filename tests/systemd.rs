@@ -236,13 +236,63 @@ fn start_waits_for_ready_and_usr2_is_a_successful_restart() {
 }
 
 #[test]
+fn the_shipped_start_limit_counts_planned_restarts() {
+    let Some(sandbox) = Sandbox::start("limit") else {
+        return;
+    };
+    // The shipped StartLimitBurst=5 within StartLimitIntervalSec=120s counts every start, the
+    // exit-4 restarts included: the first start and four restarts pass, the fifth restart within
+    // two minutes fails the unit. (RestartSec=100ms so that this takes seconds, not 10 s.)
+    let burst: usize = shipped_unit()
+        .lines()
+        .find_map(|line| line.strip_prefix("StartLimitBurst="))
+        .expect("the shipped unit sets StartLimitBurst")
+        .parse()
+        .unwrap();
+    let mut out = install(
+        &sandbox,
+        "limit.service",
+        "jobs_to_kafka",
+        &["--job-ms", "20"],
+        "RestartSec=100ms",
+    );
+    let mut journal = sandbox.follow_journal("limit.service");
+    sandbox.systemctl(&["start", "limit.service"]);
+    out.expect(|l| l.starts_with("ready "));
+    for restart in 1..burst {
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "limit.service"]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        out.expect(|l| l.starts_with("ready "));
+        journal.expect(|l| l.contains(&format!("restart counter is at {restart}.")));
+    }
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "limit.service"]);
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    journal.expect(|l| l.contains("Start request repeated too quickly."));
+    journal.expect(|l| l.contains("Failed with result 'start-limit-hit'."));
+    let show = sandbox.show("limit.service", &["ActiveState", "Result", "NRestarts"]);
+    eprintln!("start limit: {show:?}");
+    assert_eq!(show["ActiveState"], "failed", "{show:?}");
+    assert_eq!(show["Result"], "start-limit-hit", "{show:?}");
+    assert_eq!(show["NRestarts"], burst.to_string(), "{show:?}");
+}
+
+#[test]
 fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
     let Some(sandbox) = Sandbox::start("extend") else {
         return;
     };
-    // A drain of 3 s (work that wraps up 3 s after the drain begins) and an exit hook of 1 s,
-    // against TimeoutStopSec=2s: only EXTEND_TIMEOUT_USEC can carry the stop to its end.
-    let tour = ["--work-ms", "3000", "--exit-hook-ms", "1000"];
+    // A stop of about 4 s against TimeoutStopSec=2s: a shutdown hook of 2.5 s that runs while
+    // work is still in flight (it wraps up 1 s after the drain begins), then an exit hook of 1.5 s.
+    // Only EXTEND_TIMEOUT_USEC, sent from STOPPING=1 on and kept up through the shutdown and exit
+    // hooks (not only while the wait phase reports progress), carries the stop to its end.
+    let tour = [
+        "--work-ms",
+        "1000",
+        "--hook-ms",
+        "2500",
+        "--exit-hook-ms",
+        "1500",
+    ];
     let timeout = "TimeoutStopSec=2s";
     let mut out = install(
         &sandbox,
@@ -283,14 +333,22 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
         &scaled,
     );
 
+    // The same stop begun by the service itself (USR2): systemd learns of it from STOPPING=1
+    // alone, so the extension must come after it (one sent before, while the unit is still
+    // running, is ignored).
+    let mut restart_out = install(&sandbox, "restart.service", "01_phase_tour", &tour, timeout);
+
     sandbox.systemctl(&[
         "start",
         "extended.service",
         "plain.service",
         "budget.service",
+        "restart.service",
     ]);
     out.expect(|l| l.starts_with("ready "));
     forced_out.expect(|l| l.starts_with("ready "));
+    restart_out.expect(|l| l.starts_with("ready "));
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "restart.service"]);
     let (extended, plain, budget) = std::thread::scope(|s| {
         let extended = s.spawn(|| timed_stop(&sandbox, "extended.service"));
         let plain = s.spawn(|| timed_stop(&sandbox, "plain.service"));
@@ -310,6 +368,10 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
     assert!(extended > Duration::from_secs(3), "{extended:?}");
     let journal = sandbox.journal("extended.service");
     assert!(!journal.contains("timed out"), "{journal}");
+
+    let how = ended(&mut restart_out);
+    eprintln!("extended, USR2: {how:?}");
+    assert_eq!(how, account("success", "exited", "4"));
 
     let how = ended(&mut plain_out);
     eprintln!("without notifications: stop took {plain:?}, {how:?}");

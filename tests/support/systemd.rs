@@ -241,8 +241,14 @@ impl Lines {
         }
     }
 
-    /// Follows the file at `path` from its first line (`tail -F`, so it may not exist yet).
+    /// Follows the file at `path` from its first line (created empty if missing: `tail -F`
+    /// watches an existing file with inotify, a missing one by polling once a second).
     pub(crate) fn follow_file(path: &Path) -> Lines {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         let mut command = Command::new("tail");
         command.args(["-n", "+1", "-F"]).arg(path);
         Lines::spawn(command, &path.display().to_string())
