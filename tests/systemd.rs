@@ -663,9 +663,10 @@ async fn rolling_restarts_under_load_with_systemd_as_the_supervisor() {
     assert_eq!(sum("jobs_failed"), 0);
     assert_eq!(distinct.len(), JOBS);
     assert!(distinct.iter().all(|key| key.starts_with("job-")));
-    // Every run drained cleanly (status 4 or 0, nothing requeued at a deadline), so a job is
-    // published once: a duplicate would be a job acknowledged too late.
-    assert_eq!(sum("jobs_requeued"), 0);
+    // Every run drained cleanly (status 4 or 0, none forced), so no job was cut off after it
+    // published: each id is on the topic once. A job fetched just as intake stopped is handed
+    // back unrun (`jobs_requeued`, about 1 in 100 restarts in the soak) and run by a later
+    // process, once.
     assert_eq!(duplicates, 0, "duplicates on the topic");
     assert_eq!(sum("jobs_completed"), JOBS as u64);
 }
