@@ -15,10 +15,10 @@ use crate::deadline::Budget;
 use crate::errors::BuildError;
 use crate::event::{Event, EventHub, Observer};
 use crate::handle::{Config, LifecycleHandle, Shared};
-use crate::hook::{HookContext, HookSpec, IntoHookResult};
+use crate::hook::{HookContext, HookSpec};
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
-use crate::outcome::ExitCodes;
+use crate::outcome::{ExitCodes, IntoHookResult};
 use crate::phase::{Phase, PhaseSpec};
 use crate::plan::{dedupe, order_phases, plan_hooks};
 use crate::signals::Signals;
@@ -319,6 +319,7 @@ impl Builder {
             stopping_sent: CancellationToken::new(),
             panicked_work: Arc::default(),
             work: Default::default(),
+            stored: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),

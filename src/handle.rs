@@ -23,10 +23,9 @@ use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{BoxError, chain, panic_message};
-use crate::event::{Event, EventHub, EventStream, Snapshot, WorkItem};
-use crate::hook::IntoHookResult;
+use crate::event::{Event, EventHub, EventStream, Snapshot};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, Reason};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
 
@@ -66,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) panicked_work: Arc<AtomicUsize>,
     /// Named work in flight, for the stuck-work report.
     pub(crate) work: WorkRegistry,
+    /// Names this process put in systemd's fd store, removed again on a final stop.
+    pub(crate) stored: crate::fdstore::Stored,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -389,6 +390,12 @@ impl LifecycleHandle {
     /// Every lifecycle event from now on.
     pub fn subscribe(&self) -> EventStream {
         self.shared.events.subscribe()
+    }
+
+    /// Named listeners and state blobs kept in systemd's file-descriptor store across a restart;
+    /// see [`FdStore`](crate::FdStore).
+    pub fn fd_store(&self) -> crate::FdStore {
+        crate::fdstore::FdStore::new(self.clone())
     }
 
     /// Tracked work in flight: spawned tasks, tracked futures and guards.

@@ -95,7 +95,11 @@ impl Lifecycle {
         let shared = &self.handle.shared;
         let mut helpers = Helpers(Vec::new());
         // Dropped (handlers restored) when the run ends or its future is dropped.
-        let _signals = match shared.config.signals.listen(self.handle.clone()) {
+        let deliver = {
+            let handle = self.handle.clone();
+            move |signal| handle.trigger(signal)
+        };
+        let _signals = match shared.config.signals.listen(deliver) {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::error!(target: "lifecycle_hooks", %error, "could not install signal handlers");

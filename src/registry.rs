@@ -7,7 +7,8 @@
 
 use crate::builder::Builder;
 use crate::errors::BoxError;
-use crate::hook::{HookSpec, IntoHookResult};
+use crate::hook::HookSpec;
+use crate::outcome::IntoHookResult;
 
 /// Every hook declared with an attribute macro (and not `global = false`) in the crates linked
 /// into the binary, in link order.

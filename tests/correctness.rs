@@ -104,9 +104,12 @@ fn concurrent_stop_from_other_threads_while_the_runner_walks_many_hooks_never_de
         runtime.spawn(async move {
             let _ = tx.send(lifecycle.run().await);
         });
-        let outcome = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("round {round}: the run deadlocked"));
+        let Ok(outcome) = rx.recv_timeout(Duration::from_secs(120)) else {
+            done.store(true, Ordering::Relaxed);
+            // A deadlocked runtime would block its own drop: leak it so the failure is reported.
+            std::mem::forget(runtime);
+            panic!("round {round}: the run deadlocked");
+        };
         done.store(true, Ordering::Relaxed);
         let calls: u64 = hammers.into_iter().map(|h| h.join().unwrap()).sum();
         assert!(calls > 0);

@@ -60,7 +60,7 @@ pub(crate) struct Runner<'a> {
     forced: bool,
     cancelled_work: usize,
     outlived_grace: usize,
-    stuck_work: Vec<crate::event::WorkItem>,
+    stuck_work: Vec<crate::outcome::WorkItem>,
 }
 
 impl<'a> Runner<'a> {
@@ -100,6 +100,8 @@ impl<'a> Runner<'a> {
                 self.run_phase(index).await;
             }
         }
+        // Startup is where listeners are claimed: what was passed in and not claimed goes.
+        crate::fdstore::release_unclaimed(self.shared.config.notifier.as_ref());
         let control = self.control();
         if self.startup_failed || control.escalated() {
             if self.startup_failed {
