@@ -123,7 +123,7 @@ async fn main() -> Outcome {
         .expect("a bound listener has an address");
 
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .propagation_delay(propagation)
         .observe(move |event| match event {
             Event::PhaseStarted { phase } => say(format_args!("phase {phase}")),

@@ -165,7 +165,7 @@ async fn serve<S: JobSource>(
         });
 
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(options.budget)
+        .budget(options.budget)
         // Exit hooks run in reverse registration order: the pool closes its source first, then
         // the producer flushes what the last jobs sent.
         .hook(producer.hook())
@@ -174,11 +174,11 @@ async fn serve<S: JobSource>(
             Event::Ready => say(format_args!("ready pid={}", std::process::id())),
             Event::Draining {
                 in_flight,
-                time_left,
+                drain_left,
             } => tracing::info!(
                 target: "jobs_to_kafka",
                 "draining: {in_flight} jobs in flight, {:.1} s left",
-                time_left.as_secs_f64()
+                drain_left.as_secs_f64()
             ),
             _ => {}
         })

@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-/// The error a hook or a critical task may return: any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// Why [`Builder::build`](crate::Builder::build) rejected a lifecycle graph.
 ///
 /// Every variant names the hooks or phases at fault, so the message alone says what to change.
@@ -88,12 +85,12 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{what} must be longer than zero")]
     ZeroDuration {
-        /// Which setting: "the shutdown timeout", "the timeout of hook `x`".
+        /// Which setting: "the budget", "the timeout of hook `x`".
         what: String,
     },
     /// The exit reserve does not fit in the shutdown budget.
     #[error(
-        "the exit reserve ({reserve:?}) must be shorter than the shutdown timeout ({budget:?}); the rest of the budget is the drain deadline"
+        "the exit reserve ({reserve:?}) must be shorter than the budget ({budget:?}); the rest of the budget is the drain deadline"
     )]
     ReserveTooLong {
         /// The exit reserve asked for.

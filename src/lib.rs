@@ -25,12 +25,14 @@ mod runner;
 mod signals;
 pub mod testing;
 
-pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use builder::{Builder, DEFAULT_BUDGET};
 pub use deadline::Deadlines;
-pub use errors::BoxError;
+
+/// The error a hook or a critical task may return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub use event::{Event, EventStream, Snapshot};
 pub use fdstore::{FdStore, ListenAddr, Listener};
-pub use handle::{LifecycleHandle, WorkGuard};
+pub use handle::{LifecycleHandle, Milestone, Reload, WorkGuard};
 pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
 pub use outcome::{

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lifecycle_hooks::{DEFAULT_SHUTDOWN_TIMEOUT, ExitCodes};
+use lifecycle_hooks::{DEFAULT_BUDGET, ExitCodes};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Time a process needs after its budget to actually exit, at the very least.
@@ -28,7 +28,7 @@ fn budget_of<'a>(args: impl IntoIterator<Item = &'a str>) -> Duration {
                 .and_then(|v| v.parse().ok())
                 .expect("--shutdown-timeout-ms takes milliseconds"),
         ),
-        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        None => DEFAULT_BUDGET,
     }
 }
 

@@ -41,7 +41,7 @@ async fn a_job_ignoring_cancellation_is_abandoned_after_the_grace_and_exit_hooks
     let (exit_tx, exit_rx) = oneshot::channel();
     let exit_tx = Arc::new(parking_lot::Mutex::new(Some(exit_tx)));
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(2))
         .cancel_grace(SECOND)
         .on_exit("close", move |ctx| {
@@ -106,7 +106,7 @@ async fn a_blocking_job_past_the_deadline_is_handed_back_by_the_exit_hook_exit_2
     });
     let budget = Duration::from_millis(1500);
     let lifecycle = testing::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .exit_reserve(Duration::from_millis(1000))
         .cancel_grace(Duration::from_millis(100))
         .hooks(pool.hooks())

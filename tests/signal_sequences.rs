@@ -149,7 +149,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     );
     let (outcome, model) = runtime.block_on(async {
         let lifecycle = testing::builder()
-            .shutdown_timeout(Duration::from_secs(3))
+            .budget(Duration::from_secs(3))
             .exit_reserve(Duration::from_millis(600))
             .notify_socket(path.to_str().unwrap(), None)
             .observe(recorder.observer())

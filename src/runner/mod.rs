@@ -192,7 +192,7 @@ impl<'a> Runner<'a> {
             self.control().deadlines,
             self.announced,
         ) {
-            notifier.extend_timeout(deadlines.time_left() + Duration::from_secs(1));
+            notifier.extend_timeout(deadlines.budget_left() + Duration::from_secs(1));
         }
     }
 
@@ -265,20 +265,20 @@ impl<'a> Runner<'a> {
                 _ = self.interrupted(Bound::Drain) => return,
                 _ = progress.tick() => {
                     let in_flight = shared.tracker.len();
-                    let time_left = self
+                    let drain_left = self
                         .control()
                         .deadlines
-                        .map_or(Duration::ZERO, |d| d.drain_time_left());
+                        .map_or(Duration::ZERO, |d| d.drain_left());
                     tracing::info!(
                         target: "lifecycle_hooks",
                         in_flight,
-                        time_left_s = time_left.as_secs_f64(),
+                        drain_left_s = drain_left.as_secs_f64(),
                         "draining: {in_flight} in flight, {:.1} s left",
-                        time_left.as_secs_f64()
+                        drain_left.as_secs_f64()
                     );
                     self.notify(&format!("STATUS=draining: {in_flight} in flight"));
                     self.extend_timeout();
-                    shared.events.emit(Event::Draining { in_flight, time_left });
+                    shared.events.emit(Event::Draining { in_flight, drain_left });
                 }
             }
         }

@@ -341,9 +341,9 @@ impl<S: JobSource> Inner<S> {
         }
         let handle = ctx.handle().clone();
         let bound = Arc::new(Bound {
-            halt: handle.intake_token(),
-            drain: handle.drain_token(),
-            cancel: handle.cancel_token(),
+            halt: handle.intake_stopped().token(),
+            drain: handle.draining().token(),
+            cancel: handle.cancelled().token(),
             handle,
         });
         let workers: Vec<Arc<Worker>> = (0..self.concurrency)

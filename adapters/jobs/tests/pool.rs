@@ -339,7 +339,7 @@ async fn the_drain_deadline_requeues_exactly_the_unfinished_jobs() {
         }
     });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(4))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())
@@ -672,7 +672,7 @@ async fn cut_off(requeue_failures: usize) -> (Outcome, Log, JobPool<TestSource>,
             }
         });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(5))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())

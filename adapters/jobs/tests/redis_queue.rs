@@ -228,7 +228,7 @@ async fn cut_off(
         .unwrap();
     let (pool, mut rx) = pool(source, 2);
     let lifecycle = testing::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .exit_reserve(budget - Duration::from_millis(300))
         .cancel_grace(Duration::from_millis(200))
         .hooks(pool.hooks())
