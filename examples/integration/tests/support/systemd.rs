@@ -12,7 +12,7 @@ use crate::support::PATIENCE;
 
 /// The sandbox script.
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd-sandbox")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/systemd-sandbox")
 }
 
 /// Runs the sandbox script with `args`.
@@ -183,7 +183,8 @@ impl Drop for Sandbox {
 
 /// The shipped unit, `deploy/systemd/jobs_to_kafka.service`.
 pub(crate) fn shipped_unit() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/jobs_to_kafka.service");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/jobs_to_kafka.service");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -12,14 +12,6 @@ mod support;
 #[path = "support/systemd.rs"]
 mod sandbox;
 
-#[allow(dead_code)]
-#[path = "../adapters/jobs/tests/redis_server/mod.rs"]
-mod redis_server;
-
-#[allow(dead_code)]
-#[path = "../adapters/kafka/tests/support/mod.rs"]
-mod kafka_support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -535,8 +527,8 @@ async fn rolling_restarts_under_load_with_systemd_as_the_supervisor() {
     let Some(sandbox) = Sandbox::start("roll") else {
         return;
     };
-    let redis = redis_server::RedisServer::start();
-    let broker = kafka_support::Broker::tansu().await;
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let broker = lifecycle_hooks_test_support::kafka::Broker::tansu().await;
     let topic = broker.topic("systemd-roll", 2).await;
     let servers = broker.bootstrap_servers();
     let url = redis.url();
