@@ -1,0 +1,323 @@
+//! One accepted connection: its state, its I/O wrapper and the task that serves it.
+//!
+//! # Invariants
+//!
+//! 1. A connection is in its server's registry from accept until its I/O is dropped (the
+//!    serving task ended, or an upgraded stream such as a WebSocket was dropped), so a cut
+//!    reaches every connection that can still carry a request.
+//! 2. Every request in flight on a connection is listed in `ConnShared::requests` until its
+//!    guard drops; a cut marks the list `cut` under the same lock it reads the list with, so
+//!    each request is counted once: as cut (named by the cut) or as completed/aborted (by its
+//!    guard), never both.
+//! 3. The serving task reacts to the halt (intake stopped) by a graceful shutdown, and to the
+//!    cut by dropping the connection; it polls the connection before either, so a request whose
+//!    bytes are already readable is parsed (and answered) before a graceful shutdown applies.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Method, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::counters::Cells;
+use crate::server::Shared;
+use crate::service::{RequestGuard, RequestService};
+
+/// A request in flight, as a cut names it.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) id: u64,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) started: Instant,
+}
+
+/// A request the cut ended: how it is named in the stuck-work report.
+#[derive(Debug)]
+pub(crate) struct CutRequest {
+    pub(crate) name: String,
+    pub(crate) age: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    next: u64,
+    pub(crate) list: Vec<InFlight>,
+    /// Set by the cut, under this lock: requests listed then are counted as cut.
+    pub(crate) cut: bool,
+}
+
+/// What the server, the serving task, the I/O wrapper and each request share about one
+/// connection.
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    /// The client's address as the listener reported it (`127.0.0.1:53412`, a Unix path).
+    pub(crate) peer: String,
+    pub(crate) server: Arc<Shared>,
+    /// Locked briefly (push, remove, a cut's read), never across an await.
+    pub(crate) requests: Mutex<Requests>,
+    /// Set (Release) when a response switched protocols; the I/O wrapper then watches `cut`
+    /// itself (Acquire), since no serving task drives the upgraded stream.
+    pub(crate) upgraded: AtomicBool,
+    /// The guard of the request that upgraded the connection, released when the upgraded
+    /// stream is dropped: a WebSocket is in flight for as long as it is open.
+    pub(crate) upgrade_guard: Mutex<Option<RequestGuard>>,
+    /// Cancelled when the server cuts this connection.
+    pub(crate) cut: CancellationToken,
+}
+
+impl fmt::Debug for ConnShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnShared")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("requests", &self.requests.lock().list.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnShared {
+    pub(crate) fn new(id: u64, peer: String, server: Arc<Shared>) -> Self {
+        ConnShared {
+            id,
+            peer,
+            server,
+            requests: Mutex::new(Requests::default()),
+            upgraded: AtomicBool::new(false),
+            upgrade_guard: Mutex::new(None),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// Lists a request as in flight; its id for [`finish`](Self::finish).
+    pub(crate) fn begin(&self, method: Method, uri: Uri) -> u64 {
+        Cells::add(&self.server.counters.requests, 1);
+        let mut requests = self.requests.lock();
+        let id = requests.next;
+        requests.next += 1;
+        requests.list.push(InFlight {
+            id,
+            method,
+            uri,
+            started: Instant::now(),
+        });
+        id
+    }
+
+    /// Unlists a request and counts how it ended, unless a cut already counted it.
+    pub(crate) fn finish(&self, id: u64, completed: bool) {
+        let mut requests = self.requests.lock();
+        if let Some(at) = requests.list.iter().position(|r| r.id == id) {
+            requests.list.swap_remove(at);
+        }
+        let cut = requests.cut;
+        drop(requests);
+        if !cut {
+            let counters = &self.server.counters;
+            Cells::add(
+                if completed {
+                    &counters.completed
+                } else {
+                    &counters.aborted
+                },
+                1,
+            );
+        }
+    }
+
+    /// How many requests are in flight on this connection.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.requests.lock().list.len()
+    }
+
+    /// Whether a request has begun on this connection (a connection that only ever sent half
+    /// a request line has none).
+    pub(crate) fn has_begun(&self) -> bool {
+        self.requests.lock().next > 0
+    }
+
+    /// Cuts the connection: names and returns the requests in flight (each counted as cut),
+    /// then wakes whatever drives the connection so it drops it.
+    pub(crate) fn cut(&self) -> Vec<CutRequest> {
+        let now = Instant::now();
+        let mut requests = self.requests.lock();
+        let cut = if requests.cut {
+            Vec::new()
+        } else {
+            requests.cut = true;
+            requests
+                .list
+                .iter()
+                .map(|r| CutRequest {
+                    name: format!("http {} {} from {}", r.method, r.uri.path(), self.peer),
+                    age: now.saturating_duration_since(r.started),
+                })
+                .collect()
+        };
+        drop(requests);
+        Cells::add(&self.server.counters.cut, cut.len() as u64);
+        self.cut.cancel();
+        cut
+    }
+}
+
+/// The accepted stream, wrapped: it leaves the server's registry when dropped, releases an
+/// upgraded request's guard, and once upgraded fails every read and write after a cut.
+pub(crate) struct Io<T> {
+    inner: T,
+    conn: Arc<ConnShared>,
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl<T> Io<T> {
+    pub(crate) fn new(inner: T, conn: Arc<ConnShared>) -> Self {
+        Io {
+            inner,
+            conn,
+            cut: None,
+        }
+    }
+
+    /// Whether the stream was upgraded and then cut: then it only fails.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        // Acquire: pairs with the Release store made when the response switched protocols.
+        if !self.conn.upgraded.load(Ordering::Acquire) {
+            return false;
+        }
+        let conn = &self.conn;
+        let cut = self
+            .cut
+            .get_or_insert_with(|| Box::pin(conn.cut.clone().cancelled_owned()));
+        cut.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the HTTP server cut this connection at the drain deadline",
+    )
+}
+
+impl<T> Drop for Io<T> {
+    fn drop(&mut self) {
+        self.conn.server.connections.lock().remove(&self.conn.id);
+        let guard = self.conn.upgrade_guard.lock().take();
+        drop(guard);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Io<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.poll_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Io<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.poll_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.poll_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until it closes, is cut, or (after the halt) finishes gracefully.
+pub(crate) async fn serve_connection<I, S, B>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    conn: Arc<ConnShared>,
+    service: RequestService<S>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<lifecycle_hooks::BoxError>,
+{
+    let halt = conn.server.halt().clone();
+    let cut = conn.cut.clone();
+    let io = TokioIo::new(Io::new(io, Arc::clone(&conn)));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        biased;
+        () = cut.cancelled() => None,
+        served = connection.as_mut() => Some(served),
+        () = halt.cancelled() => {
+            // HTTP/1: an idle connection closes now, a busy one after its response (which
+            // carries `Connection: close`); HTTP/2: GOAWAY, open streams finish; a connection
+            // that has sent nothing yet closes.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                () = cut.cancelled() => None,
+                served = connection.as_mut() => Some(served),
+            }
+        }
+    };
+    match served {
+        None => tracing::debug!(server = %conn.server.name, peer = %conn.peer, "connection cut"),
+        Some(Ok(())) => {}
+        Some(Err(error)) => tracing::debug!(
+            server = %conn.server.name,
+            peer = %conn.peer,
+            error = %lifecycle_hooks::errors::chain(&*error),
+            "connection ended with an error"
+        ),
+    }
+}

@@ -1,0 +1,84 @@
+//! The drain signal as a request extension and axum extractor. See [`Draining`].
+
+use axum::extract::FromRequestParts;
+use http::StatusCode;
+use http::request::Parts;
+use lifecycle_hooks::LifecycleHandle;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// The lifecycle's drain signal, for handlers whose responses last: a server-sent-events stream
+/// ends when [`draining`](Draining::draining) completes, a WebSocket sends its close frame (code
+/// 1001, "going away").
+///
+/// Every request served by an [`HttpServer`](crate::HttpServer) carries one in its extensions;
+/// in axum, take it as an extractor. It is cheap to clone.
+///
+/// ```
+/// use axum::response::sse::{Event, Sse};
+/// use futures::stream::{self, Stream, StreamExt};
+/// use lifecycle_hooks_http::Draining;
+///
+/// async fn events(draining: Draining) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+///     let ticks = stream::iter(0..).map(|n| Ok(Event::default().data(format!("tick {n}"))));
+///     // The stream ends, and the response with it, when the service starts draining.
+///     Sse::new(ticks.take_until(draining.draining()))
+/// }
+/// # let _ = axum::Router::<()>::new().route("/events", axum::routing::get(events));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Draining {
+    handle: LifecycleHandle,
+}
+
+impl Draining {
+    pub(crate) fn new(handle: LifecycleHandle) -> Self {
+        Draining { handle }
+    }
+
+    /// Completes when the drain begins (right after intake stops): end long responses now.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; the future owns what it needs.
+    pub fn draining(&self) -> WaitForCancellationFutureOwned {
+        self.handle.draining()
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.handle.is_draining()
+    }
+
+    /// Completes at the drain deadline (or when a second signal escalates): answer at once.
+    /// Whatever is still running when the exit phase begins is cut by the server.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; the future owns what it needs.
+    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
+        self.handle.cancelled()
+    }
+
+    /// Whether the drain deadline has passed.
+    pub fn is_cancelled(&self) -> bool {
+        self.handle.is_cancelled()
+    }
+
+    /// The lifecycle the request is served under.
+    pub fn handle(&self) -> &LifecycleHandle {
+        &self.handle
+    }
+}
+
+/// Takes the `Draining` the server put in the request's extensions; a request served some
+/// other way (plain `axum::serve`, a test calling the router directly) is rejected with 500.
+impl<S: Send + Sync> FromRequestParts<S> for Draining {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Draining>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no Draining extension: the request was not served by lifecycle_hooks_http\n",
+        ))
+    }
+}

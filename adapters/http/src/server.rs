@@ -1,0 +1,452 @@
+//! The server and its hooks. See [`HttpServer`].
+//!
+//! # Invariants
+//!
+//! 1. The listener accepts from `NAME:start` until the halt (intake stopped, or `NAME:stop_accepting`),
+//!    then it is dropped (closed, never `shutdown()`, so a socket systemd keeps stays usable).
+//! 2. Every request is one lifecycle work item from the moment its head is handed to the service
+//!    until its response body has ended (or, for a protocol switch, until the upgraded stream is
+//!    dropped); connections themselves are not work, so an idle or half-sent connection never
+//!    holds the `wait` phase.
+//! 3. `NAME:close` (exit) cuts every connection still open; the requests it cuts are counted,
+//!    named and reported to the lifecycle before it returns.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::serve::Listener;
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use lifecycle_hooks::{HookContext, HookSpec, LifecycleHandle, Phase};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{ConnShared, serve_connection};
+use crate::counters::{Cells, Counters};
+use crate::errors::HttpError;
+use crate::service::RequestService;
+
+/// The default server name: the prefix of its hook names.
+pub const DEFAULT_NAME: &str = "http";
+
+/// How long `NAME:close` lets connections that are closing gracefully finish (at most a quarter
+/// of the time the exit hook has).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+type StartFn = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
+
+/// Serves `service` on `listener` under a lifecycle: shorthand for [`HttpServer::builder`].
+pub fn serve<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
+    HttpServer::builder(listener, service)
+}
+
+/// An HTTP server (HTTP/1.1 and HTTP/2, with upgrades) bound to a lifecycle: each request is
+/// tracked work, and the server follows the phases.
+///
+/// Bind it by adding its [`hooks`](HttpServer::hooks) to the lifecycle's builder:
+///
+/// | hook (server named `http`) | phase | what it does |
+/// |---|---|---|
+/// | `http:start` | `startup` | start accepting on the listener |
+/// | `http:stop_accepting` | `stop_intake` | (after the propagation delay, while the readiness route already says 503) close the listener; HTTP/1: idle keep-alive connections close at once, busy ones after their response, which carries `Connection: close`; HTTP/2: GOAWAY, open streams finish |
+/// | `http:close` | `exit` | cut every connection still open; the requests it cuts are counted ([`Counters::cut`]) and named in `Outcome::handed_back` (`http GET /path from 127.0.0.1:53412 (cut after 812 ms)`) |
+///
+/// A request counts as in-flight work from the moment its head reaches the service until its
+/// response body has been sent, so the `wait` phase waits for requests, including streamed
+/// responses, but not for idle connections or for a client that has sent half a request line:
+/// a request that has not started is not work. A WebSocket (any protocol switch) is work until
+/// the upgraded stream is dropped. Handlers reach the drain through the [`Draining`](crate::Draining)
+/// extension: a server-sent-events stream ends when it completes, a WebSocket closes with code
+/// 1001. At the drain deadline the lifecycle cancels work ([`Draining::cancelled`](crate::Draining::cancelled));
+/// a handler answers then, within the lifecycle's cancel grace, or is cut when the exit phase
+/// begins. Exit hooks keep their reserve: the cut takes no time.
+///
+/// Listeners are axum's [`Listener`]: `tokio::net::TcpListener`, `tokio::net::UnixListener`,
+/// or your own. TLS is left to your acceptor: implement `Listener` for a type that accepts TCP
+/// and completes the handshake with `tokio_rustls::TlsAcceptor::accept`, returning its
+/// `TlsStream` as the `Io` (do the handshake with a timeout, or hand it to a task that yields
+/// finished streams through a channel, so one slow client does not stall accepting).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use lifecycle_hooks::testing;
+/// use lifecycle_hooks_http::HttpServer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let app = Router::new().route("/", get(|| async { "hello\n" }));
+/// let server = HttpServer::builder(listener, app).readiness_route("/ready").build();
+/// let lifecycle = testing::builder().hooks(server.hooks()).build().unwrap();
+/// testing::stop_when_ready(&lifecycle.handle());
+/// let outcome = lifecycle.run().await;
+/// assert_eq!(outcome.exit_code(), 0);
+/// assert_eq!(server.counters().in_flight, 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct HttpServer {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("name", &self.inner.shared.name)
+            .field("counters", &self.inner.shared.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`HttpServer`]; from [`HttpServer::builder`] or [`serve`].
+#[must_use = "an HttpServerBuilder does nothing until `build()` is called"]
+pub struct HttpServerBuilder<L, S> {
+    listener: L,
+    service: S,
+    name: String,
+    readiness_route: Option<String>,
+}
+
+impl<L, S> fmt::Debug for HttpServerBuilder<L, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServerBuilder")
+            .field("name", &self.name)
+            .field("readiness_route", &self.readiness_route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L, S> HttpServerBuilder<L, S> {
+    /// The server's name: the prefix of its hook names (`NAME:start`, `NAME:stop_accepting`,
+    /// `NAME:close`) and a field of its log lines. Default [`DEFAULT_NAME`]. Two servers in one
+    /// lifecycle need two names.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Answers `GET path` (any method) itself: `200 ready` while the lifecycle is ready, `503
+    /// stopping` before (startup) and from the moment a stop begins, which is the propagation
+    /// delay before the listener closes. For load balancers and Kubernetes readiness probes.
+    /// The service never sees these requests.
+    pub fn readiness_route(mut self, path: impl Into<String>) -> Self {
+        self.readiness_route = Some(path.into());
+        self
+    }
+
+    /// Builds the server. It does nothing until its [`hooks`](HttpServer::hooks) run in a
+    /// lifecycle.
+    pub fn build<B>(self) -> HttpServer
+    where
+        L: Listener,
+        L::Addr: fmt::Debug,
+        S: tower::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<lifecycle_hooks::BoxError>,
+    {
+        let HttpServerBuilder {
+            listener,
+            service,
+            name,
+            readiness_route,
+        } = self;
+        let start: StartFn = Box::new(move |shared| Box::pin(accept(listener, service, shared)));
+        HttpServer {
+            inner: Arc::new(Inner {
+                start_hook: format!("{name}:start"),
+                stop_hook: format!("{name}:stop_accepting"),
+                close_hook: format!("{name}:close"),
+                started: AtomicBool::new(false),
+                start: Mutex::new(Some(start)),
+                shared: Arc::new(Shared {
+                    name,
+                    readiness_route: readiness_route.map(String::into_boxed_str),
+                    counters: Cells::default(),
+                    connections: Mutex::new(HashMap::new()),
+                    bound: OnceLock::new(),
+                    tasks: TaskTracker::new(),
+                }),
+            }),
+        }
+    }
+}
+
+impl HttpServer {
+    /// A builder for a server accepting on `listener` and answering with `service` (an axum
+    /// `Router`, or any tower service of `Request<hyper::body::Incoming>` that never fails).
+    pub fn builder<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
+        HttpServerBuilder {
+            listener,
+            service,
+            name: DEFAULT_NAME.to_owned(),
+            readiness_route: None,
+        }
+    }
+
+    /// The server's three hooks, to add with `Builder::hooks`: `NAME:start` (startup),
+    /// `NAME:stop_accepting` (stop_intake) and `NAME:close` (exit, the teardown of
+    /// `NAME:start`). See the table on [`HttpServer`].
+    ///
+    /// Register them once, in one lifecycle: a second start fails with
+    /// [`HttpError::AlreadyStarted`].
+    pub fn hooks(&self) -> Vec<HookSpec> {
+        let start = {
+            let inner = Arc::clone(&self.inner);
+            HookSpec::new(
+                Phase::STARTUP,
+                self.inner.start_hook.clone(),
+                move |ctx: HookContext| Arc::clone(&inner).start(ctx),
+            )
+        };
+        let stop = {
+            let inner = Arc::clone(&self.inner);
+            HookSpec::new(
+                Phase::STOP_INTAKE,
+                self.inner.stop_hook.clone(),
+                move |_ctx: HookContext| Arc::clone(&inner).stop_accepting(),
+            )
+        };
+        let close = {
+            let inner = Arc::clone(&self.inner);
+            HookSpec::new(
+                Phase::EXIT,
+                self.inner.close_hook.clone(),
+                move |ctx: HookContext| Arc::clone(&inner).close(ctx),
+            )
+            .teardown_of(self.inner.start_hook.clone())
+        };
+        vec![start, stop, close]
+    }
+
+    /// The counters now; see [`Counters`]. They are also logged when the server closes.
+    pub fn counters(&self) -> Counters {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+}
+
+struct Inner {
+    start_hook: String,
+    stop_hook: String,
+    close_hook: String,
+    /// Set once by the start hook (AcqRel swap: a second start sees the first).
+    started: AtomicBool,
+    /// The accept loop, typed by listener and service; taken by the start hook.
+    start: Mutex<Option<StartFn>>,
+    shared: Arc<Shared>,
+}
+
+/// The lifecycle a started server runs under.
+#[derive(Debug)]
+struct Bound {
+    handle: LifecycleHandle,
+    /// Cancelled when intake stops (a child of the lifecycle's intake token) or by
+    /// `NAME:stop_accepting`.
+    halt: CancellationToken,
+}
+
+/// What connections and requests share about their server.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) readiness_route: Option<Box<str>>,
+    pub(crate) counters: Cells,
+    /// Every open connection by id; locked briefly (insert, remove, a cut's copy), never across
+    /// an await.
+    pub(crate) connections: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    bound: OnceLock<Bound>,
+    /// The accept loop and the connection tasks.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    fn bound(&self) -> &Bound {
+        self.bound
+            .get()
+            .expect("connections exist only once the start hook has bound the server")
+    }
+
+    pub(crate) fn handle(&self) -> &LifecycleHandle {
+        &self.bound().handle
+    }
+
+    pub(crate) fn halt(&self) -> &CancellationToken {
+        &self.bound().halt
+    }
+
+    /// Cuts the open connections `which` selects; reports and returns how many requests it
+    /// cut.
+    fn cut(&self, which: impl Fn(&ConnShared) -> bool) -> usize {
+        let connections: Vec<Arc<ConnShared>> = self
+            .connections
+            .lock()
+            .values()
+            .filter(|conn| which(conn))
+            .cloned()
+            .collect();
+        let handle = self.handle();
+        let mut cut = 0;
+        for conn in connections {
+            for request in conn.cut() {
+                cut += 1;
+                let age_ms = request.age.as_millis() as u64;
+                tracing::warn!(
+                    server = %self.name,
+                    request = %request.name,
+                    age_ms,
+                    "request still running when the exit phase began: cut"
+                );
+                handle.report_handed_back(format!("{} (cut after {age_ms} ms)", request.name));
+            }
+        }
+        cut
+    }
+}
+
+impl Inner {
+    async fn start(self: Arc<Self>, ctx: HookContext) -> Result<(), HttpError> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Err(HttpError::AlreadyStarted {
+                server: self.shared.name.clone(),
+            });
+        }
+        let start = self
+            .start
+            .lock()
+            .take()
+            .expect("`started` lets the start hook through once");
+        let handle = ctx.handle().clone();
+        let bound = Bound {
+            halt: handle.intake_token(),
+            handle,
+        };
+        if self.shared.bound.set(bound).is_err() {
+            unreachable!("`started` lets the start hook through once");
+        }
+        self.shared.tasks.spawn(start(Arc::clone(&self.shared)));
+        tracing::info!(server = %self.shared.name, "HTTP server accepting");
+        Ok(())
+    }
+
+    async fn stop_accepting(self: Arc<Self>) {
+        let Some(bound) = self.shared.bound.get() else {
+            return;
+        };
+        bound.halt.cancel();
+        let counters = self.shared.counters.snapshot();
+        tracing::info!(
+            server = %self.shared.name,
+            connections = self.shared.connections.lock().len(),
+            in_flight = counters.in_flight,
+            "listener closed; idle connections closing, requests in flight go on"
+        );
+    }
+
+    async fn close(self: Arc<Self>, ctx: HookContext) -> Result<(), HttpError> {
+        let shared = &self.shared;
+        let Some(bound) = shared.bound.get() else {
+            return Ok(());
+        };
+        bound.halt.cancel();
+        let open = shared.connections.lock().len();
+        // Requests still running (handlers that ignored the drain and the deadline, upgraded
+        // streams) and connections that never started a request (half a request line, nothing
+        // at all) are cut now: nothing they hold can finish.
+        let mut cut = shared.cut(|conn| conn.in_flight() > 0 || !conn.has_begun());
+        shared.tasks.close();
+        // The rest served requests and are closing gracefully: an HTTP/2 connection still
+        // writing its last frames and its GOAWAY, an HTTP/1 response still being flushed. A
+        // short bound keeps the other exit hooks' time; whatever is left then is cut.
+        let grace = ctx
+            .time_left()
+            .map_or(CLOSE_GRACE, |left| (left / 4).min(CLOSE_GRACE));
+        if tokio::time::timeout(grace, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            cut += shared.cut(|_| true);
+            let _ = tokio::time::timeout(grace, shared.tasks.wait()).await;
+        }
+        if cut > 0 {
+            tracing::warn!(
+                server = %shared.name,
+                cut,
+                "requests cut: they outlived the drain deadline and the cancel grace"
+            );
+        }
+        let c = shared.counters.snapshot();
+        tracing::info!(
+            server = %shared.name,
+            connections = c.connections,
+            requests = c.requests,
+            completed = c.completed,
+            cut = c.cut,
+            aborted = c.aborted,
+            open_at_close = open,
+            "HTTP server closed"
+        );
+        Ok(())
+    }
+}
+
+/// Accepts until the halt, then drops the listener.
+async fn accept<L, S, B>(mut listener: L, service: S, shared: Arc<Shared>)
+where
+    L: Listener,
+    L::Addr: fmt::Debug,
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<lifecycle_hooks::BoxError>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let halt = shared.halt().clone();
+    let mut next_id: u64 = 0;
+    loop {
+        let (io, addr) = tokio::select! {
+            biased;
+            () = halt.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        Cells::add(&shared.counters.connections, 1);
+        let conn = Arc::new(ConnShared::new(
+            next_id,
+            format!("{addr:?}"),
+            Arc::clone(&shared),
+        ));
+        next_id += 1;
+        shared.connections.lock().insert(conn.id, Arc::clone(&conn));
+        let service = RequestService {
+            inner: service.clone(),
+            conn: Arc::clone(&conn),
+        };
+        shared
+            .tasks
+            .spawn(serve_connection(builder.clone(), io, conn, service));
+    }
+    drop(listener);
+    tracing::debug!(server = %shared.name, "listener dropped");
+}
