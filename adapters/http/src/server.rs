@@ -53,7 +53,7 @@ pub fn serve<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
 /// | hook (server named `http`) | phase | what it does |
 /// |---|---|---|
 /// | `http:start` | `startup` | start accepting on the listener |
-/// | `http:stop_accepting` | `stop_intake` | (after the propagation delay, while the readiness route already says 503) close the listener; HTTP/1: idle keep-alive connections close at once, busy ones after their response, which carries `Connection: close`; HTTP/2: GOAWAY, open streams finish |
+/// | `http:stop_accepting` | `stop_intake` | (after the propagation delay, while the readiness route already says 503) close the listener, returning once new connections are refused; HTTP/1: idle keep-alive connections close at once, busy ones after their response, which carries `Connection: close`; HTTP/2: GOAWAY, open streams finish |
 /// | `http:close` | `exit` | cut every connection still open; the requests it cuts are counted ([`Counters::cut`]) and named in `Outcome::handed_back` (`http GET /path from 127.0.0.1:53412 (cut after 812 ms)`) |
 ///
 /// A request counts as in-flight work from the moment its head reaches the service until its
@@ -178,6 +178,7 @@ impl<L, S> HttpServerBuilder<L, S> {
                     connections: Mutex::new(HashMap::new()),
                     bound: OnceLock::new(),
                     tasks: TaskTracker::new(),
+                    listener_closed: CancellationToken::new(),
                 }),
             }),
         }
@@ -273,6 +274,8 @@ pub(crate) struct Shared {
     bound: OnceLock<Bound>,
     /// The accept loop and the connection tasks.
     tasks: TaskTracker,
+    /// Cancelled once the accept loop has dropped the listener.
+    listener_closed: CancellationToken,
 }
 
 impl Shared {
@@ -349,6 +352,8 @@ impl Inner {
             return;
         };
         bound.halt.cancel();
+        // Returns once new connections are refused, so the phases after it can rely on that.
+        self.shared.listener_closed.cancelled().await;
         let counters = self.shared.counters.snapshot();
         tracing::info!(
             server = %self.shared.name,
@@ -448,5 +453,6 @@ where
             .spawn(serve_connection(builder.clone(), io, conn, service));
     }
     drop(listener);
+    shared.listener_closed.cancel();
     tracing::debug!(server = %shared.name, "listener dropped");
 }
