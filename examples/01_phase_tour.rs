@@ -20,7 +20,10 @@
 //! Try: `cargo run --example 01_phase_tour`, then `kill -TERM <pid>` (or `-USR2`, `-TSTP`, twice
 //! `-TERM` with `--hook-ms 60000`, or `--work-ms 60000 --shutdown-timeout-ms 2000`).
 //! Flags: `--work-ms N` (default 200), `--hook-ms N` (the shutdown hook, default 50),
-//! `--exit-hook-ms N` (the exit hook, default 0), `--shutdown-timeout-ms N` (default 25000).
+//! `--exit-hook-ms N` (the exit hook, default 0), `--startup-ms N` (the startup hook, default 0),
+//! `--shutdown-timeout-ms N` (default 25000), and `--linger`: after the summary, print
+//! `lingering` and block instead of exiting, as a process stuck after its run would (a later
+//! `SIGTERM` must still end it: the run gives the signals their default action back).
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -59,10 +62,16 @@ async fn main() -> Outcome {
     let hook = Duration::from_millis(flag(&args, "--hook-ms", 50));
     let exit_hook = Duration::from_millis(flag(&args, "--exit-hook-ms", 0));
     let budget = Duration::from_millis(flag(&args, "--shutdown-timeout-ms", 25_000));
+    let startup = Duration::from_millis(flag(&args, "--startup-ms", 0));
+    let linger = args.iter().any(|a| a == "--linger");
 
     let lifecycle = Lifecycle::builder()
         .shutdown_timeout(budget)
-        .on_startup("warm_cache", |_ctx| async {})
+        .on_startup("warm_cache", move |_ctx| async move {
+            if !startup.is_zero() {
+                tokio::time::sleep(startup).await;
+            }
+        })
         .on_stop_intake("close_listener", |_ctx| async {})
         .on_shutdown("announce", move |_ctx| async move {
             tokio::time::sleep(hook).await;
@@ -101,5 +110,12 @@ async fn main() -> Outcome {
         outcome.exit_code(),
         outcome.forced()
     ));
+    if linger {
+        say(format_args!("lingering"));
+        // Blocks the runtime's thread for good, like a task stuck in blocking code.
+        loop {
+            std::thread::park();
+        }
+    }
     outcome
 }

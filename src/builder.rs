@@ -1,7 +1,6 @@
 //! Building and validating a lifecycle graph. See [`Builder`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::Control;
+use crate::deadline::Budget;
 use crate::errors::BuildError;
 use crate::event::{Event, EventHub, Observer};
-use crate::graph;
 use crate::handle::{Config, LifecycleHandle, Shared};
 use crate::hook::{HookContext, HookSpec, IntoHookResult};
+use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::outcome::ExitCodes;
-use crate::phase::{Builtin, Phase, PhaseSpec};
-use crate::runtime::{Lifecycle, Plan, PlannedHook, PlannedPhase};
+use crate::phase::{Phase, PhaseSpec};
+use crate::plan::{dedupe, order_phases, plan_hooks};
 use crate::signals::Signals;
 
 /// The default shutdown budget, like Sidekiq's `-t 25`.
@@ -53,6 +53,7 @@ pub struct Builder {
     hard_exit: Option<bool>,
     exit_codes: ExitCodes,
     systemd: bool,
+    notify_socket: Option<(String, Option<Duration>)>,
     phases: Vec<PhaseSpec>,
     hooks: Vec<HookSpec>,
     concurrent: Vec<Phase>,
@@ -79,11 +80,19 @@ impl Default for Builder {
             hard_exit: None,
             exit_codes: ExitCodes::default(),
             systemd: true,
+            notify_socket: None,
             phases: Vec::new(),
             hooks: Vec::new(),
             concurrent: Vec::new(),
             observers: Vec::new(),
         }
+    }
+}
+
+impl Lifecycle {
+    /// A builder with the defaults: 25 s budget, default signals, no hooks.
+    pub fn builder() -> Builder {
+        Builder::default()
     }
 }
 
@@ -137,6 +146,15 @@ impl Builder {
     /// Whether to send systemd notifications when `NOTIFY_SOCKET` is set (default true).
     pub fn systemd_notify(mut self, enabled: bool) -> Self {
         self.systemd = enabled;
+        self
+    }
+
+    /// Sends systemd notifications to this socket (a path, or `@name` for an abstract socket),
+    /// whatever `NOTIFY_SOCKET` says, with the watchdog fed every `watchdog` if given. For
+    /// embedding under a supervisor that speaks the notify protocol, and for tests.
+    pub fn notify_socket(mut self, path: impl Into<String>, watchdog: Option<Duration>) -> Self {
+        self.systemd = true;
+        self.notify_socket = Some((path.into(), watchdog));
         self
     }
 
@@ -253,6 +271,11 @@ impl Builder {
             return Err(zero("the cancel grace".into()));
         }
         let grace = self.grace.unwrap_or(reserve / 5);
+        let budget = Budget {
+            total: self.budget,
+            reserve,
+            grace,
+        };
         for hook in &self.hooks {
             if hook.timeout.is_some_and(|t| t.is_zero()) {
                 return Err(zero(format!("the timeout of hook `{}`", hook.name)));
@@ -263,39 +286,44 @@ impl Builder {
         let hooks = dedupe(self.hooks)?;
         let plan = plan_hooks(phases, hooks, &self.concurrent)?;
 
-        let notifier = if self.systemd {
+        let notifier = if let (true, Some((path, watchdog))) = (self.systemd, &self.notify_socket) {
+            match Notifier::connect(path) {
+                Ok(mut notifier) => {
+                    notifier.watchdog = watchdog.filter(|w| !w.is_zero());
+                    Some(Arc::new(notifier))
+                }
+                Err(error) => {
+                    tracing::warn!(target: "lifecycle_hooks", %error, path, "notify socket unusable; no systemd notifications");
+                    None
+                }
+            }
+        } else if self.systemd {
             Notifier::from_env().unwrap_or_else(|error| {
                 tracing::warn!(target: "lifecycle_hooks", %error, "NOTIFY_SOCKET unusable; no systemd notifications");
                 None
             })
+            .map(Arc::new)
         } else {
             None
         };
         let hard_exit = self.hard_exit.unwrap_or(self.signals.listens());
-        let pending = plan
-            .phases
-            .iter()
-            .flat_map(|p| {
-                p.hooks
-                    .iter()
-                    .map(move |h| Some(format!("{}/{}", p.phase, h.name)))
-            })
-            .collect();
+        let pending = plan.hook_names();
         let shared = Shared {
-            control: watch::Sender::new(Control::new()),
+            control: watch::Sender::new(Control::new(budget)),
             tracker: TaskTracker::new(),
             intake: CancellationToken::new(),
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
             cancel_wake: Arc::default(),
             cancel_fired: Default::default(),
+            stopping_sent: CancellationToken::new(),
+            panicked_work: Arc::default(),
+            work: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),
             config: Config {
-                budget: self.budget,
-                reserve,
-                grace,
+                budget,
                 propagation_delay: self.propagation_delay,
                 signals: self.signals,
                 hard_exit,
@@ -314,221 +342,4 @@ impl Builder {
             plan,
         ))
     }
-}
-
-/// Orders built-in and custom phases into one sequence.
-fn order_phases(custom: &[PhaseSpec]) -> Result<Vec<Phase>, BuildError> {
-    let mut phases: Vec<Phase> = Phase::BUILTIN.to_vec();
-    let mut index: HashMap<Phase, usize> = phases
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, p)| (p, i))
-        .collect();
-    for spec in custom {
-        if index.contains_key(&spec.phase) {
-            return Err(BuildError::DuplicatePhase(spec.phase.to_string()));
-        }
-        index.insert(spec.phase.clone(), phases.len());
-        phases.push(spec.phase.clone());
-    }
-    let mut edges: Vec<(usize, usize)> = (1..Phase::BUILTIN.len()).map(|i| (i - 1, i)).collect();
-    for spec in custom {
-        if spec.after.is_empty() && spec.before.is_empty() {
-            return Err(BuildError::UnanchoredPhase(spec.phase.to_string()));
-        }
-        let me = index[&spec.phase];
-        let lookup = |other: &Phase| {
-            index
-                .get(other)
-                .copied()
-                .ok_or_else(|| BuildError::UnknownPhase {
-                    user: format!("phase `{}`", spec.phase),
-                    phase: other.to_string(),
-                })
-        };
-        for other in &spec.after {
-            edges.push((lookup(other)?, me));
-        }
-        for other in &spec.before {
-            edges.push((me, lookup(other)?));
-        }
-    }
-    let (sorted, _) = graph::order(phases.len(), &edges, |v| v as i64).map_err(|cycle| {
-        BuildError::PhaseCycle {
-            cycle: cycle.into_iter().map(|v| phases[v].to_string()).collect(),
-        }
-    })?;
-    Ok(sorted.into_iter().map(|v| phases[v].clone()).collect())
-}
-
-/// Drops repeated registrations of the same hook (same name, same origin); rejects two different
-/// hooks with one name.
-fn dedupe(hooks: Vec<HookSpec>) -> Result<Vec<HookSpec>, BuildError> {
-    let mut keep = vec![true; hooks.len()];
-    {
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(hooks.len());
-        for (i, hook) in hooks.iter().enumerate() {
-            if let Some(&at) = seen.get(&*hook.name) {
-                let first = &hooks[at];
-                if first.origin.is_some()
-                    && first.origin == hook.origin
-                    && first.phase == hook.phase
-                {
-                    keep[i] = false;
-                    continue;
-                }
-                return Err(BuildError::DuplicateHook {
-                    name: hook.name.to_string(),
-                    first: first.phase.to_string(),
-                    second: hook.phase.to_string(),
-                });
-            }
-            seen.insert(&hook.name, i);
-        }
-    }
-    if keep.iter().all(|&k| k) {
-        return Ok(hooks);
-    }
-    Ok(hooks
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(h, k)| k.then_some(h))
-        .collect())
-}
-
-/// Places every hook in its phase, in run order.
-fn plan_hooks(
-    phases: Vec<Phase>,
-    hooks: Vec<HookSpec>,
-    concurrent: &[Phase],
-) -> Result<Plan, BuildError> {
-    let position: HashMap<&Phase, usize> = phases.iter().enumerate().map(|(i, p)| (p, i)).collect();
-    let running = position[&Phase::RUNNING];
-    let wait = position[&Phase::WAIT];
-    for phase in concurrent {
-        if !position.contains_key(phase) {
-            return Err(BuildError::UnknownPhase {
-                user: "`Builder::concurrent`".into(),
-                phase: phase.to_string(),
-            });
-        }
-    }
-    let mut by_phase: Vec<Vec<usize>> = vec![Vec::new(); phases.len()];
-    let mut phase_of: HashMap<&str, usize> = HashMap::with_capacity(hooks.len());
-    for (registered, hook) in hooks.iter().enumerate() {
-        let Some(&at) = position.get(&hook.phase) else {
-            return Err(BuildError::UnknownPhase {
-                user: format!("hook `{}`", hook.name),
-                phase: hook.phase.to_string(),
-            });
-        };
-        phase_of.insert(&hook.name, at);
-        by_phase[at].push(registered);
-    }
-    let mut slots: Vec<Option<HookSpec>> = hooks.iter().map(|_| None).collect();
-
-    let names: Vec<String> = phases.iter().map(Phase::to_string).collect();
-    let mut planned = Vec::with_capacity(phases.len());
-    for (at, (phase, members)) in phases.iter().cloned().zip(&by_phase).enumerate() {
-        let local: HashMap<&str, usize> = members
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| (&*hooks[r].name, i))
-            .collect();
-        let mut edges = Vec::new();
-        for (i, hook) in members.iter().map(|&r| &hooks[r]).enumerate() {
-            let deps = hook.after.iter().map(|d| ("after", d));
-            for (relation, dependency) in deps.chain(hook.before.iter().map(|d| ("before", d))) {
-                let j = match local.get(&**dependency) {
-                    Some(&j) => j,
-                    None => {
-                        return Err(match phase_of.get(&**dependency) {
-                            Some(&other) => BuildError::CrossPhaseDependency {
-                                hook: hook.name.to_string(),
-                                phase: phase.to_string(),
-                                relation,
-                                dependency: dependency.to_string(),
-                                other_phase: names[other].clone(),
-                            },
-                            None => BuildError::UnknownDependency {
-                                hook: hook.name.to_string(),
-                                relation,
-                                dependency: dependency.to_string(),
-                            },
-                        });
-                    }
-                };
-                edges.push(if relation == "after" { (j, i) } else { (i, j) });
-            }
-            if let Some(startup) = &hook.teardown_of {
-                let problem = match phase_of.get(&**startup) {
-                    None => Some("no hook of that name is registered"),
-                    Some(&other) if other >= running => {
-                        Some("that hook does not run before `running`")
-                    }
-                    Some(_) if at <= running => Some("the teardown itself runs before `running`"),
-                    Some(_) => None,
-                };
-                if let Some(problem) = problem {
-                    return Err(BuildError::BadTeardown {
-                        hook: hook.name.to_string(),
-                        startup: startup.to_string(),
-                        problem,
-                    });
-                }
-            }
-        }
-        // Startup side in registration order; teardown side in reverse (Sidekiq, fx).
-        let teardown = at > running;
-        let rank = |v: usize| {
-            let registered = members[v] as i64;
-            if teardown { -registered } else { registered }
-        };
-        let (sorted, levels) =
-            graph::order(members.len(), &edges, rank).map_err(|cycle| BuildError::HookCycle {
-                phase: phase.to_string(),
-                cycle: cycle
-                    .iter()
-                    .map(|&v| hooks[members[v]].name.to_string())
-                    .collect(),
-            })?;
-        planned.push((phase, sorted, levels));
-    }
-    drop(phase_of);
-    for (r, hook) in hooks.into_iter().enumerate() {
-        slots[r] = Some(hook);
-    }
-    let planned: Vec<PlannedPhase> = planned
-        .into_iter()
-        .zip(&by_phase)
-        .map(|((phase, sorted, levels), members)| {
-            let planned_hooks = sorted
-                .into_iter()
-                .map(|v| {
-                    let spec = slots[members[v]].take().expect("each hook is placed once");
-                    PlannedHook {
-                        name: spec.name,
-                        timeout: spec.timeout,
-                        teardown_of: spec.teardown_of,
-                        hook: spec.hook,
-                        on_skipped: spec.on_skipped,
-                        level: levels[v],
-                    }
-                })
-                .collect();
-            PlannedPhase {
-                builtin: phase.builtin(),
-                concurrent: concurrent.contains(&phase),
-                phase,
-                hooks: planned_hooks,
-            }
-        })
-        .collect();
-    debug_assert_eq!(planned[running].builtin, Some(Builtin::Running));
-    Ok(Plan {
-        phases: planned,
-        running,
-        exit_side: wait + 1,
-    })
 }

@@ -4,7 +4,8 @@
 //!
 //! 1. The reason is set once, by the first stop, restart or failure; nothing replaces it, so a
 //!    restart is never downgraded to a stop.
-//! 2. `stop_at` is set together with the reason: the shutdown budget starts at the first trigger.
+//! 2. `deadlines` are set together with the reason, once: the shutdown budget starts at the
+//!    first trigger, and every reader gets the same instants (see `deadline.rs`).
 //! 3. Quiet is only entered before a stop; once a reason is set, quiet requests are ignored.
 //! 4. Escalation only grows: `None` → `SkipToExit` → `Immediate`; programmatic requests never
 //!    escalate, only signals do.
@@ -13,6 +14,7 @@
 
 use tokio::time::Instant;
 
+use crate::deadline::{Budget, Deadlines};
 use crate::outcome::Reason;
 use crate::signals::{Action, Signal};
 
@@ -27,10 +29,13 @@ pub(crate) enum Escalation {
 }
 
 /// The lifecycle's trigger state, held in a `watch` channel so the runner can await changes.
-#[derive(Clone, Debug)]
+///
+/// `Copy`, so readers copy it out of the channel and never hold a borrow while they use it.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Control {
     pub(crate) reason: Option<Reason>,
-    pub(crate) stop_at: Option<Instant>,
+    pub(crate) deadlines: Option<Deadlines>,
+    budget: Budget,
     pub(crate) quiet: bool,
     pub(crate) escalation: Escalation,
     /// The signal that started the stop, if a signal did.
@@ -50,10 +55,11 @@ pub(crate) enum Effect {
 }
 
 impl Control {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(budget: Budget) -> Self {
         Control {
             reason: None,
-            stop_at: None,
+            deadlines: None,
+            budget,
             quiet: false,
             escalation: Escalation::None,
             signal: None,
@@ -67,7 +73,7 @@ impl Control {
             return Effect::Nothing;
         }
         self.reason = Some(reason);
-        self.stop_at = Some(now);
+        self.deadlines = Some(self.budget.deadlines(now));
         Effect::Started(reason)
     }
 
@@ -111,6 +117,15 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn new() -> Control {
+        Control::new(Budget {
+            total: Duration::from_secs(25),
+            reserve: Duration::from_secs(5),
+            grace: Duration::from_secs(1),
+        })
+    }
 
     fn signal(control: &mut Control, signal: Signal, action: Action) -> Effect {
         control.signal(signal, action, Instant::now())
@@ -118,7 +133,7 @@ mod tests {
 
     #[test]
     fn term_twice_skips_thrice_exits() {
-        let mut c = Control::new();
+        let mut c = new();
         assert_eq!(
             signal(&mut c, Signal::Term, Action::Stop),
             Effect::Started(Reason::Stop)
@@ -136,7 +151,7 @@ mod tests {
 
     #[test]
     fn restart_absorbs_one_stop_and_is_never_downgraded() {
-        let mut c = Control::new();
+        let mut c = new();
         signal(&mut c, Signal::Usr2, Action::Restart);
         assert_eq!(signal(&mut c, Signal::Term, Action::Stop), Effect::Absorbed);
         assert_eq!(c.escalation, Escalation::None);
@@ -150,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_second_restart_escalates() {
-        let mut c = Control::new();
+        let mut c = new();
         signal(&mut c, Signal::Usr2, Action::Restart);
         assert_eq!(
             signal(&mut c, Signal::Usr2, Action::Restart),
@@ -160,7 +175,7 @@ mod tests {
 
     #[test]
     fn programmatic_requests_never_escalate() {
-        let mut c = Control::new();
+        let mut c = new();
         let now = Instant::now();
         assert_eq!(c.request(Reason::Stop, now), Effect::Started(Reason::Stop));
         for _ in 0..10 {
@@ -173,7 +188,7 @@ mod tests {
 
     #[test]
     fn quiet_only_before_a_stop() {
-        let mut c = Control::new();
+        let mut c = new();
         assert_eq!(signal(&mut c, Signal::Tstp, Action::Quiet), Effect::Quiet);
         assert_eq!(signal(&mut c, Signal::Tstp, Action::Quiet), Effect::Nothing);
         assert_eq!(

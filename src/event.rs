@@ -65,6 +65,12 @@ pub enum Event {
         /// How many items.
         count: usize,
     },
+    /// Named work still running at the drain deadline (or on escalation), just before it is
+    /// cancelled: what blocked the stop. Emitted only when such work exists.
+    WorkStuck {
+        /// Each item, with its phase and age.
+        items: Vec<WorkItem>,
+    },
     /// Drain progress, reported when the wait begins and each time work ends.
     Draining {
         /// Tracked work still in flight.
@@ -96,6 +102,21 @@ pub struct Snapshot {
     pub pending_hooks: Vec<String>,
     /// Time left in the shutdown budget, once stopping.
     pub time_left: Option<Duration>,
+    /// Named work in flight (see
+    /// [`LifecycleHandle::spawn_named`](crate::LifecycleHandle::spawn_named)), oldest first;
+    /// unnamed work counts in `in_flight` only.
+    pub work: Vec<WorkItem>,
+}
+
+/// One named item of tracked work: what it is, when it began, how long it has run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkItem {
+    /// Its name, as given to `spawn_named` or `work_guard_named`.
+    pub name: String,
+    /// The phase the lifecycle was in when the work began.
+    pub phase: Phase,
+    /// How long it had run when this was taken.
+    pub age: Duration,
 }
 
 pub(crate) type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -103,15 +124,16 @@ pub(crate) type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Delivers events to the observers fixed at build time and to streams subscribed since.
 pub(crate) struct EventHub {
     pub(crate) observers: Vec<Observer>,
-    /// Locked only to add a subscriber or deliver an event; never held across an await.
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    /// Locked only to add a subscriber, deliver an event or close; never held across an await.
+    /// `None` once the run has ended: streams end, later subscribers get an ended stream.
+    subscribers: Mutex<Option<Vec<mpsc::UnboundedSender<Event>>>>,
 }
 
 impl EventHub {
     pub(crate) fn new(observers: Vec<Observer>) -> Self {
         EventHub {
             observers,
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(Some(Vec::new())),
         }
     }
 
@@ -120,15 +142,22 @@ impl EventHub {
             observer(&event);
         }
         let mut subscribers = self.subscribers.lock();
-        if !subscribers.is_empty() {
+        if let Some(subscribers) = subscribers.as_mut().filter(|s| !s.is_empty()) {
             subscribers.retain(|tx| tx.send(event.clone()).is_ok());
         }
     }
 
     pub(crate) fn subscribe(&self) -> EventStream {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.subscribers.lock().push(tx);
+        if let Some(subscribers) = self.subscribers.lock().as_mut() {
+            subscribers.push(tx);
+        }
         EventStream { rx }
+    }
+
+    /// Ends every stream: the run is over (or never will be). Idempotent.
+    pub(crate) fn close(&self) {
+        self.subscribers.lock().take();
     }
 }
 
@@ -136,20 +165,24 @@ impl std::fmt::Debug for EventHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventHub")
             .field("observers", &self.observers.len())
-            .field("subscribers", &self.subscribers.lock().len())
+            .field(
+                "subscribers",
+                &self.subscribers.lock().as_ref().map_or(0, Vec::len),
+            )
             .finish()
     }
 }
 
-/// A stream of every [`Event`] from the moment of subscribing; it ends when the lifecycle is
-/// dropped. Nothing is dropped for a slow reader (the buffer is unbounded).
+/// A stream of every [`Event`] from the moment of subscribing; it ends when the run ends (after
+/// [`Event::Finished`]) or when the lifecycle is dropped unrun, even while handles live. Nothing
+/// is dropped for a slow reader (the buffer is unbounded).
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<Event>,
 }
 
 impl EventStream {
-    /// The next event, or `None` once the lifecycle is gone.
+    /// The next event, or `None` once the run has ended and every event was read.
     ///
     /// # Cancel safety
     ///

@@ -1,11 +1,15 @@
 //! The cloneable handle to a lifecycle. See [`LifecycleHandle`].
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -17,8 +21,9 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::control::{Control, Effect, Escalation};
+use crate::deadline::{Budget, Deadlines};
 use crate::errors::{BoxError, chain, panic_message};
-use crate::event::{Event, EventHub, EventStream, Snapshot};
+use crate::event::{Event, EventHub, EventStream, Snapshot, WorkItem};
 use crate::hook::IntoHookResult;
 use crate::notify::Notifier;
 use crate::outcome::{ExitCodes, Reason};
@@ -28,14 +33,12 @@ use crate::signals::{Signal, Signals};
 /// Settings fixed at build time.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) budget: Duration,
-    pub(crate) reserve: Duration,
-    pub(crate) grace: Duration,
+    pub(crate) budget: Budget,
     pub(crate) propagation_delay: Duration,
     pub(crate) signals: Signals,
     pub(crate) hard_exit: bool,
     pub(crate) exit_codes: ExitCodes,
-    pub(crate) notifier: Option<Notifier>,
+    pub(crate) notifier: Option<Arc<Notifier>>,
 }
 
 /// State shared by the lifecycle and all its handles.
@@ -55,6 +58,14 @@ pub(crate) struct Shared {
     pub(crate) cancel_wake: Arc<tokio::sync::Notify>,
     /// Set (Release) before `cancel_wake` is notified; read (Acquire) at spawn.
     pub(crate) cancel_fired: AtomicBool,
+    /// Cancelled once the runner has sent `STOPPING=1`: from then on the stop timeout may be
+    /// extended.
+    pub(crate) stopping_sent: CancellationToken,
+    /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
+    /// read (Acquire) once all work has ended or been given up.
+    pub(crate) panicked_work: Arc<AtomicUsize>,
+    /// Named work in flight, for the stuck-work report.
+    pub(crate) work: WorkRegistry,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -87,6 +98,64 @@ impl Shared {
         // Release: a spawn that reads the flag (Acquire) sees everything before the cancel.
         self.cancel_fired.store(true, Ordering::Release);
         self.cancel_wake.notify_waiters();
+    }
+}
+
+/// Named work in flight: name, phase and start of each item, by a key its guard removes.
+#[derive(Debug, Default)]
+pub(crate) struct WorkRegistry {
+    /// Locked briefly to add, remove or copy; never across an await or another lock.
+    items: Mutex<(u64, HashMap<u64, Named>)>,
+}
+
+/// One named item: its name, the phase it began in, and when.
+type Named = (Cow<'static, str>, Phase, Instant);
+
+impl WorkRegistry {
+    fn add(&self, name: Cow<'static, str>, phase: Phase) -> u64 {
+        let mut items = self.items.lock();
+        let key = items.0;
+        items.0 += 1;
+        items.1.insert(key, (name, phase, Instant::now()));
+        key
+    }
+
+    fn remove(&self, key: u64) {
+        self.items.lock().1.remove(&key);
+    }
+
+    /// Every item now, oldest first.
+    pub(crate) fn snapshot(&self) -> Vec<WorkItem> {
+        let now = Instant::now();
+        let mut items: Vec<(u64, WorkItem)> = self
+            .items
+            .lock()
+            .1
+            .iter()
+            .map(|(key, (name, phase, started))| {
+                let item = WorkItem {
+                    name: name.to_string(),
+                    phase: phase.clone(),
+                    age: now.saturating_duration_since(*started),
+                };
+                (*key, item)
+            })
+            .collect();
+        items.sort_by_key(|(key, _)| *key);
+        items.into_iter().map(|(_, item)| item).collect()
+    }
+}
+
+/// Removes a named work item from the registry when dropped.
+#[derive(Debug)]
+struct NamedKey {
+    shared: Arc<Shared>,
+    key: u64,
+}
+
+impl Drop for NamedKey {
+    fn drop(&mut self) {
+        self.shared.work.remove(self.key);
     }
 }
 
@@ -198,12 +267,12 @@ impl LifecycleHandle {
     }
 
     fn exit_now(&self, signal: Signal) {
-        let code = 128 + signal.number();
+        let code = self.shared.config.exit_codes.immediate(signal);
         tracing::error!(target: "lifecycle_hooks", %signal, exit_code = code, "third signal: exiting at once");
         if self.shared.config.hard_exit {
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
-            std::process::exit(code);
+            std::process::exit(i32::from(code));
         }
     }
 
@@ -250,6 +319,16 @@ impl LifecycleHandle {
             time_left_ms = snapshot.time_left.map(|d| d.as_millis() as u64),
             "state"
         );
+        for item in &snapshot.work {
+            tracing::info!(
+                target: "lifecycle_hooks",
+                work = %item.name,
+                phase = %item.phase,
+                age_ms = item.age.as_millis() as u64,
+                "in flight: {}",
+                item.name
+            );
+        }
         self.shared.events.emit(Event::StateDump(snapshot));
     }
 
@@ -268,6 +347,7 @@ impl LifecycleHandle {
                 .cloned()
                 .collect(),
             time_left: self.time_left(),
+            work: self.shared.work.snapshot(),
         }
     }
 
@@ -278,8 +358,12 @@ impl LifecycleHandle {
 
     /// Time left in the shutdown budget, once stopping.
     pub fn time_left(&self) -> Option<Duration> {
-        let stop_at = self.shared.control.borrow().stop_at?;
-        Some((stop_at + self.shared.config.budget).saturating_duration_since(Instant::now()))
+        self.deadlines().map(|d| d.time_left())
+    }
+
+    /// The instants of the stop (trigger, drain deadline, end of budget), once one has begun.
+    pub fn deadlines(&self) -> Option<Deadlines> {
+        self.shared.control.borrow().deadlines
     }
 
     /// The phase the lifecycle is in.
@@ -380,9 +464,62 @@ impl LifecycleHandle {
         // wakes every `Notified` created before the call), one before it is seen in the flag.
         let cancel = Arc::clone(&self.shared.cancel_wake).notified_owned();
         let fired = self.shared.cancel_fired.load(Ordering::Acquire);
-        self.shared
-            .tracker
-            .spawn(Cancellable { fut, cancel, fired })
+        let panicked = Arc::clone(&self.shared.panicked_work);
+        self.shared.tracker.spawn(Cancellable {
+            fut,
+            cancel,
+            fired,
+            panicked,
+        })
+    }
+
+    /// Like [`spawn`](Self::spawn), with a name: while it runs it appears in
+    /// [`snapshot`](Self::snapshot) and the `SIGTTIN` dump, and if it is still running at the
+    /// drain deadline it is named in [`Outcome::stuck_work`](crate::Outcome::stuck_work).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lifecycle_hooks::testing;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let lifecycle = testing::builder().shutdown_timeout(Duration::from_secs(5)).build().unwrap();
+    /// let handle = lifecycle.handle();
+    /// handle.spawn_named("export orders.csv", std::future::pending::<()>());
+    /// assert_eq!(handle.snapshot().work[0].name, "export orders.csv");
+    /// handle.stop();
+    /// let outcome = lifecycle.run().await;
+    /// assert_eq!(outcome.stuck_work()[0].name, "export orders.csv");
+    /// assert_eq!(outcome.exit_code(), 2); // forced: cancelled at the drain deadline
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime.
+    #[track_caller]
+    pub fn spawn_named<F>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        fut: F,
+    ) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let key = self.named(name.into());
+        self.spawn(async move {
+            let _key = key;
+            fut.await
+        })
+    }
+
+    fn named(&self, name: Cow<'static, str>) -> NamedKey {
+        let phase = self.phase();
+        NamedKey {
+            key: self.shared.work.add(name, phase),
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Spawns tracked work whose failure stops the service: if it returns an error or panics,
@@ -422,6 +559,16 @@ impl LifecycleHandle {
     pub fn work_guard(&self) -> WorkGuard {
         WorkGuard {
             _token: self.shared.tracker.token(),
+            _named: None,
+        }
+    }
+
+    /// Like [`work_guard`](Self::work_guard), with a name for the state dump and the stuck-work
+    /// report ([`Outcome::stuck_work`](crate::Outcome::stuck_work)): a request, a message, a job.
+    pub fn work_guard_named(&self, name: impl Into<Cow<'static, str>>) -> WorkGuard {
+        WorkGuard {
+            _token: self.shared.tracker.token(),
+            _named: Some(self.named(name.into())),
         }
     }
 }
@@ -431,6 +578,7 @@ impl LifecycleHandle {
 #[must_use = "the work counts as in flight only while the guard lives"]
 pub struct WorkGuard {
     _token: TaskTrackerToken,
+    _named: Option<NamedKey>,
 }
 
 pin_project_lite::pin_project! {
@@ -441,6 +589,7 @@ pin_project_lite::pin_project! {
         #[pin]
         cancel: tokio::sync::futures::OwnedNotified,
         fired: bool,
+        panicked: Arc<AtomicUsize>,
     }
 }
 
@@ -452,8 +601,17 @@ impl<F: Future> Future for Cancellable<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
-        if let std::task::Poll::Ready(output) = this.fut.poll(cx) {
-            return std::task::Poll::Ready(Some(output));
+        let fut = this.fut;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => return std::task::Poll::Ready(Some(output)),
+            Ok(std::task::Poll::Pending) => {}
+            Err(panic) => {
+                tracing::error!(target: "lifecycle_hooks", panic = %panic_message(&*panic), "tracked work panicked");
+                // Release: the runner reads the count (Acquire) after this task has ended.
+                this.panicked.fetch_add(1, Ordering::Release);
+                // The join handle still sees the panic, as with a plain `tokio::spawn`.
+                std::panic::resume_unwind(panic);
+            }
         }
         if *this.fired {
             return std::task::Poll::Ready(None);

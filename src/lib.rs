@@ -7,28 +7,32 @@
 
 mod builder;
 mod control;
+mod deadline;
 pub mod errors;
 mod event;
 mod graph;
 mod handle;
 mod hook;
+mod lifecycle;
 mod notify;
 mod outcome;
 mod phase;
+mod plan;
 #[cfg(feature = "macros")]
 mod registry;
-mod runtime;
+mod runner;
 mod signals;
 pub mod testing;
 
 pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use deadline::Deadlines;
 pub use errors::BoxError;
-pub use event::{Event, EventStream, Snapshot};
+pub use event::{Event, EventStream, Snapshot, WorkItem};
 pub use handle::{LifecycleHandle, WorkGuard};
 pub use hook::{Hook, HookContext, HookResult, HookSpec, IntoHookResult};
+pub use lifecycle::Lifecycle;
 pub use outcome::{ExitCodes, HookReport, Outcome, PhaseReport, PhaseStatus, Reason};
 pub use phase::{Phase, PhaseSpec};
-pub use runtime::Lifecycle;
 pub use signals::{Action, Signal, Signals};
 
 #[cfg(feature = "macros")]

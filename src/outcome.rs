@@ -4,6 +4,7 @@ use std::fmt;
 use std::process::{ExitCode, Termination};
 use std::time::Duration;
 
+use crate::event::WorkItem;
 use crate::hook::HookResult;
 use crate::phase::Phase;
 use crate::signals::Signal;
@@ -73,6 +74,12 @@ impl Default for ExitCodes {
 }
 
 impl ExitCodes {
+    /// The status for a run ended at once by a third terminating `signal`: `128 + its number`,
+    /// the shell's convention for a death by signal.
+    pub fn immediate(&self, signal: Signal) -> u8 {
+        (128 + signal.number()) as u8
+    }
+
     /// The status for an ending with this reason, failure and forcing.
     pub fn status(&self, reason: Reason, failed: bool, forced: bool) -> u8 {
         if forced {
@@ -137,7 +144,9 @@ pub struct Outcome {
     pub(crate) phases: Vec<PhaseReport>,
     pub(crate) hooks: Vec<HookReport>,
     pub(crate) cancelled_work: usize,
-    pub(crate) abandoned_work: usize,
+    pub(crate) outlived_grace: usize,
+    pub(crate) panicked_work: usize,
+    pub(crate) stuck_work: Vec<WorkItem>,
     pub(crate) failures: Vec<String>,
     pub(crate) handed_back: Vec<String>,
     pub(crate) lost: Vec<String>,
@@ -170,7 +179,8 @@ impl Outcome {
         self.immediate
     }
 
-    /// Whether the run was clean: not forced, nothing failed.
+    /// Whether the run was clean: not forced, nothing failed (no hook failed or was skipped for
+    /// want of budget, no work panicked or was lost).
     pub fn is_clean(&self) -> bool {
         !self.forced && self.failures().is_empty() && self.reason != Reason::Failure
     }
@@ -200,15 +210,32 @@ impl Outcome {
         self.cancelled_work
     }
 
-    /// How many cancelled work items had still not ended when the exit phase began.
-    pub fn abandoned_work(&self) -> usize {
-        self.abandoned_work
+    /// How many cancelled work items had still not ended when their grace ran out and the exit
+    /// side began anyway.
+    pub fn outlived_grace(&self) -> usize {
+        self.outlived_grace
+    }
+
+    /// How many tracked tasks panicked (each is logged with its message). Non-zero makes the
+    /// run a failure: a panic in tracked work is a bug, not a way to end it.
+    pub fn panicked_work(&self) -> usize {
+        self.panicked_work
+    }
+
+    /// Named work still running at the drain deadline (or on escalation) when it was cancelled:
+    /// what blocked the stop, with its phase and age. Unnamed work is only counted, in
+    /// [`cancelled_work`](Self::cancelled_work).
+    pub fn stuck_work(&self) -> &[WorkItem] {
+        &self.stuck_work
     }
 
     /// What failed: hooks that erred, panicked or timed out, startup, critical tasks.
     pub fn failures(&self) -> Vec<String> {
         let mut out = self.failures.clone();
         out.extend(self.lost.iter().map(|what| format!("lost: {what}")));
+        if self.panicked_work > 0 {
+            out.push(format!("{} tracked task(s) panicked", self.panicked_work));
+        }
         for hook in &self.hooks {
             match &hook.result {
                 HookResult::Error(message) => out.push(format!(

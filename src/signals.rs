@@ -1,8 +1,12 @@
 //! Operating-system signals and what each one means. See [`Signals`].
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 use signal_hook::consts::signal as sig;
 
 use crate::handle::LifecycleHandle;
@@ -173,22 +177,97 @@ impl Signals {
         self.listen
     }
 
-    /// Installs the OS handlers and returns a task that delivers each signal to `handle`.
-    pub(crate) fn listen(
-        &self,
-        handle: LifecycleHandle,
-    ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    /// Installs the OS handlers and returns the listener that delivers each signal to
+    /// `handle`; dropping it removes the handlers and gives the signals their default action
+    /// back (unless another lifecycle of this process still listens).
+    pub(crate) fn listen(&self, handle: LifecycleHandle) -> std::io::Result<Option<Listener>> {
         if !self.listen || self.map.is_empty() {
             return Ok(None);
         }
         let numbers: Vec<i32> = self.map.iter().map(|(s, _)| s.number()).collect();
+        let active = Active::enter(&numbers)?;
         let mut stream = signal_hook_tokio::Signals::new(&numbers)?;
-        Ok(Some(tokio::spawn(async move {
+        let stream_handle = stream.handle();
+        let task = tokio::spawn(async move {
             while let Some(number) = stream.next().await {
                 if let Some(signal) = Signal::from_number(number) {
                     handle.trigger(signal);
                 }
             }
-        })))
+        });
+        Ok(Some(Listener {
+            task,
+            stream: stream_handle,
+            _active: active,
+        }))
+    }
+}
+
+/// The running signal listener. Dropping it stops the task, unregisters its handlers and, once
+/// no listener of this process is left, restores each signal's default action.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    stream: signal_hook_tokio::Handle,
+    _active: Active,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stream.close();
+        self.task.abort();
+    }
+}
+
+/// The process-wide "default action" switch: signal-hook keeps its low-level handler installed
+/// for the life of the process, so a signal that arrives after the last listener is gone would
+/// otherwise be swallowed. Each handled signal gets, once per process, a conditional action that
+/// runs the signal's default (terminate, stop, ...) while `DEFAULT_NOW` is true.
+struct Restore {
+    /// How many listeners are active, and which signals have the conditional default registered.
+    /// Locked only to enter or leave; never across an await.
+    state: Mutex<(usize, HashSet<i32>)>,
+    /// True while no listener is active: read (SeqCst) inside the signal handler.
+    default_now: Arc<AtomicBool>,
+}
+
+static RESTORE: LazyLock<Restore> = LazyLock::new(|| Restore {
+    state: Mutex::new((0, HashSet::new())),
+    default_now: Arc::new(AtomicBool::new(true)),
+});
+
+/// One active listener's share of the switch; dropping it may restore the defaults.
+#[derive(Debug)]
+struct Active;
+
+impl Active {
+    fn enter(numbers: &[i32]) -> std::io::Result<Active> {
+        let restore = &*RESTORE;
+        let mut state = restore.state.lock();
+        for &number in numbers {
+            if !state.1.contains(&number) {
+                signal_hook::flag::register_conditional_default(
+                    number,
+                    Arc::clone(&restore.default_now),
+                )?;
+                state.1.insert(number);
+            }
+        }
+        state.0 += 1;
+        // SeqCst: a handler running after this store must not take the default action.
+        restore.default_now.store(false, Ordering::SeqCst);
+        Ok(Active)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let restore = &*RESTORE;
+        let mut state = restore.state.lock();
+        state.0 -= 1;
+        if state.0 == 0 {
+            // SeqCst: from here on a signal takes its default action, as before any listener.
+            restore.default_now.store(true, Ordering::SeqCst);
+        }
     }
 }

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use crate::builder::Builder;
 use crate::event::Event;
 use crate::handle::LifecycleHandle;
-use crate::runtime::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::signals::Signals;
 
 /// A builder for tests: no OS signal handlers, no hard exit, no systemd notifications.
@@ -61,7 +61,14 @@ pub fn stop_when_ready(handle: &LifecycleHandle) {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Recorder {
-    events: Arc<Mutex<Vec<Event>>>,
+    /// Events, and the test's own marks, in order. Locked only to push or copy.
+    entries: Arc<Mutex<Vec<Entry>>>,
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    Event(Event),
+    Mark(String),
 }
 
 impl Recorder {
@@ -72,23 +79,41 @@ impl Recorder {
 
     /// The observer to pass to [`Builder::observe`].
     pub fn observer(&self) -> impl Fn(&Event) + Send + Sync + 'static + use<> {
-        let events = Arc::clone(&self.events);
-        move |event| events.lock().push(event.clone())
+        let entries = Arc::clone(&self.entries);
+        move |event| entries.lock().push(Entry::Event(event.clone()))
     }
 
-    /// Every event so far.
+    /// Puts the test's own line into the trace, as `mark <label>`, in order with the events
+    /// (for example where a piece of tracked work ended).
+    pub fn mark(&self, label: impl Into<String>) {
+        self.entries.lock().push(Entry::Mark(label.into()));
+    }
+
+    /// Every event so far (marks left out).
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().clone()
+        self.entries
+            .lock()
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Event(event) => Some(event.clone()),
+                Entry::Mark(_) => None,
+            })
+            .collect()
     }
 
     /// Every event so far as a short line: `phase drain`, `skipped wait`, `hook exit close ok`,
     /// `ready`, `triggered restart`, `quiet`, `absorbed SIGTERM`, `escalated SIGTERM`,
-    /// `cancelled 3`, `finished stop 0`. Drain progress and state dumps are left out.
+    /// `cancelled 3`, `stuck a,b`, `finished stop 0`, and the test's `mark <label>` lines. Drain
+    /// progress and state dumps are left out.
     pub fn trace(&self) -> Vec<String> {
-        self.events
+        self.entries
             .lock()
             .iter()
-            .filter_map(|event| {
+            .filter_map(|entry| {
+                let event = match entry {
+                    Entry::Event(event) => event,
+                    Entry::Mark(label) => return Some(format!("mark {label}")),
+                };
                 Some(match event {
                     Event::PhaseStarted { phase } => format!("phase {phase}"),
                     Event::PhaseSkipped { phase } => format!("skipped {phase}"),
@@ -104,6 +129,14 @@ impl Recorder {
                     Event::Absorbed { signal } => format!("absorbed {signal}"),
                     Event::Escalated { signal } => format!("escalated {signal}"),
                     Event::WorkCancelled { count } => format!("cancelled {count}"),
+                    Event::WorkStuck { items } => format!(
+                        "stuck {}",
+                        items
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
                     Event::Finished { reason, exit_code } => {
                         format!("finished {reason} {exit_code}")
                     }

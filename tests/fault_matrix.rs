@@ -67,7 +67,7 @@ async fn a_job_ignoring_cancellation_is_abandoned_after_the_grace_and_exit_hooks
     assert!(outcome.forced() && !outcome.escalated());
     assert_eq!(outcome.reason(), Reason::Stop);
     assert_eq!(outcome.cancelled_work(), 1);
-    assert_eq!(outcome.abandoned_work(), 1);
+    assert_eq!(outcome.outlived_grace(), 1);
     assert_eq!(outcome.hook("close").unwrap().result, HookResult::Ok);
     // Deadline at 10 s - 2 s, then the 1 s grace: exit hooks begin at 9 s with 1 s left, the
     // stubborn work still in flight; the run ends there, not an hour later.
@@ -121,7 +121,7 @@ async fn a_blocking_job_past_the_deadline_is_handed_back_by_the_exit_hook_exit_2
     let took = stopped.elapsed();
 
     assert_eq!(outcome.exit_code(), 2, "{outcome}");
-    assert_eq!(outcome.abandoned_work(), 1, "{outcome}");
+    assert_eq!(outcome.outlived_grace(), 1, "{outcome}");
     assert!(took < budget + Duration::from_millis(500), "took {took:?}");
     assert!(took < BLOCKED, "the run did not wait for the blocked job");
     assert_eq!(outcome.handed_back(), ["stubborn"], "{outcome}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lifecycle_hooks::errors::BuildError;
 use lifecycle_hooks::testing::{self, Recorder};
-use lifecycle_hooks::{Event, HookResult, HookSpec, Phase, PhaseSpec, Reason, hooks};
+use lifecycle_hooks::{HookResult, HookSpec, Phase, PhaseSpec, Reason, hooks};
 use tokio::time::Instant;
 
 /// The trace without the lines that do not concern hooks and phases.
@@ -425,20 +425,20 @@ async fn a_macro_exit_hook_starts_after_tracked_work_and_a_shutdown_hook_while_i
     let handle = lifecycle.handle();
     handle.spawn({
         let handle = handle.clone();
-        let observer = recorder.observer();
+        let recorder = recorder.clone();
         async move {
             handle.draining().await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             // Marks the end of the work in the same trace as the hooks.
-            observer(&Event::WorkCancelled { count: 0 });
+            recorder.mark("work done");
         }
     });
     testing::stop_when_ready(&handle);
     let outcome = lifecycle.run().await;
 
     assert_eq!(outcome.exit_code(), 0);
-    assert!(recorder.before("hook shutdown announce ok", "cancelled 0"));
-    assert!(recorder.before("cancelled 0", "hook exit close_producer ok"));
+    assert!(recorder.before("hook shutdown announce ok", "mark work done"));
+    assert!(recorder.before("mark work done", "hook exit close_producer ok"));
 }
 
 #[tokio::test(start_paused = true)]

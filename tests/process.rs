@@ -258,3 +258,103 @@ fn ttin_dumps_state_to_the_log_and_keeps_running() {
     let (_, status) = tour.finish();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Bug 6: once `run()` has returned, a signal takes its default action again. A process stuck
+/// after its run (here: blocking on purpose) is still ended by `SIGTERM`, not left immune.
+#[test]
+fn after_the_run_a_term_takes_its_default_action_again() {
+    let mut tour = tour(&["--linger"], &[]);
+    tour.signal(Signal::SIGTERM);
+    tour.expect(|l| l == "lingering");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "summary reason=stop exit_code=0 forced=false")
+    );
+    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
+}
+
+/// Bug 4: quiet sends `STATUS=` only; `STOPPING=1` comes with the stop that follows, and every
+/// `EXTEND_TIMEOUT_USEC` after it.
+#[test]
+fn tstp_tells_systemd_status_only_and_the_later_term_stopping_then_extensions() {
+    let socket = NotifySocket::bind("quiet");
+    let mut tour = tour(&[], &[("NOTIFY_SOCKET", socket.path())]);
+    tour.signal(Signal::SIGTSTP);
+    tour.expect(|l| l == "phase stop_intake");
+    let mut quiet = Vec::new();
+    while !quiet.iter().any(|m: &String| m.starts_with("STATUS=quiet")) {
+        quiet.push(socket.next());
+    }
+    tour.signal(Signal::SIGTERM);
+    let (_, status) = tour.finish();
+    assert_eq!(status.code(), Some(0));
+    quiet.extend(socket.drain());
+    let quiet_at = quiet
+        .iter()
+        .position(|m| m.starts_with("STATUS=quiet"))
+        .unwrap();
+    let stopping = quiet
+        .iter()
+        .position(|m| m == "STOPPING=1")
+        .expect("STOPPING=1 once stopping");
+    assert!(quiet_at < stopping, "{quiet:?}");
+    let first_extension = quiet
+        .iter()
+        .position(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .expect("an extension");
+    assert!(stopping < first_extension, "{quiet:?}");
+}
+
+/// Bug 4: quiet during startup never reports the service ready (no `READY=1`, no `ready` line);
+/// a later stop still runs the graph and exits 0.
+#[test]
+fn tstp_during_startup_never_sends_ready() {
+    let socket = NotifySocket::bind("quiet-startup");
+    let mut tour = Service::spawn(
+        "01_phase_tour",
+        &["--startup-ms", "1500"],
+        &[("NOTIFY_SOCKET", socket.path())],
+    );
+    tour.expect(|l| l == "phase startup");
+    tour.signal(Signal::SIGTSTP);
+    tour.expect(|l| l == "phase stop_intake");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ready pid=")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "hook exit close_producer ok"));
+    let messages = socket.drain();
+    assert!(!messages.iter().any(|m| m == "READY=1"), "{messages:?}");
+    assert!(messages.iter().any(|m| m == "STOPPING=1"), "{messages:?}");
+}
+
+/// A `SIGTERM` during a startup hook: startup finishes (it is inside the budget), `running` is
+/// skipped (never ready), and the stop runs every exit hook and exits 0.
+#[test]
+fn term_during_startup_stops_cleanly_without_ever_being_ready() {
+    let mut tour = Service::spawn("01_phase_tour", &["--startup-ms", "1500"], &[]);
+    tour.expect(|l| l == "phase startup");
+    tour.signal(Signal::SIGTERM);
+    let (lines, status) = tour.finish();
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "hook startup warm_cache ok"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ready pid=")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "hook exit close_producer ok"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "summary reason=stop exit_code=0 forced=false")
+    );
+}

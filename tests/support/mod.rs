@@ -66,6 +66,13 @@ fn read_lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
 impl Service {
     /// Starts `example` with `args` and `env`, and waits for its `ready pid=` line.
     pub(crate) fn start(example: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut service = Service::spawn(example, args, env);
+        service.expect(|l| l.starts_with("ready pid="));
+        service
+    }
+
+    /// Starts `example` with `args` and `env` without waiting for anything.
+    pub(crate) fn spawn(example: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
         let mut command = Command::new(example_binary(example));
         command
             .args(args)
@@ -79,15 +86,13 @@ impl Service {
         let mut child = command.spawn().unwrap();
         let lines = read_lines(child.stdout.take().unwrap());
         let log = read_lines(child.stderr.take().unwrap());
-        let mut service = Service {
+        Service {
             child,
             lines,
             seen: Vec::new(),
             log,
             log_seen: Vec::new(),
-        };
-        service.expect(|l| l.starts_with("ready pid="));
-        service
+        }
     }
 
     /// Reads stdout until a line matches; panics if the output ends or stalls first.
