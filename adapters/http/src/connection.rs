@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +40,12 @@ pub(crate) struct InFlight {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) started: Instant,
+}
+
+/// How a request is named in the stuck-work report and the log: `http GET /path from
+/// 127.0.0.1:53412` (the path without its query, which may carry secrets).
+pub(crate) fn request_name(method: &Method, uri: &Uri, peer: &str) -> String {
+    format!("http {method} {} from {peer}", uri.path())
 }
 
 /// A request the cut ended: how it is named in the stuck-work report.
@@ -74,6 +80,11 @@ pub(crate) struct ConnShared {
     pub(crate) upgrade_guard: Mutex<Option<RequestGuard>>,
     /// Cancelled when the server cuts this connection.
     pub(crate) cut: CancellationToken,
+    /// When the connection last became idle (accepted, or a request ended), in nanoseconds
+    /// since the server's epoch; relaxed: a hint read by this connection's own task.
+    idle_since: AtomicU64,
+    /// Set (relaxed, a hint) once a request arrived over HTTP/2, whose GOAWAY is safe at once.
+    http2: AtomicBool,
 }
 
 impl fmt::Debug for ConnShared {
@@ -96,12 +107,40 @@ impl ConnShared {
             upgraded: AtomicBool::new(false),
             upgrade_guard: Mutex::new(None),
             cut: CancellationToken::new(),
+            idle_since: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         }
+        .idle_now()
+    }
+
+    fn idle_now(self) -> Self {
+        self.mark_idle();
+        self
+    }
+
+    fn mark_idle(&self) {
+        let since = self.server.epoch.elapsed().as_nanos() as u64;
+        self.idle_since.store(since, Ordering::Relaxed);
+    }
+
+    /// When the HTTP/1 connection may be closed as idle: `keep_alive_grace` after it last
+    /// became idle. `None` when it can be shut down now (HTTP/2, or a request in flight: its
+    /// response then carries `Connection: close`).
+    fn idle_close_at(&self) -> Option<Instant> {
+        if self.http2.load(Ordering::Relaxed) || self.in_flight() > 0 {
+            return None;
+        }
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        let at = self.server.epoch + since + self.server.keep_alive_grace;
+        (at > Instant::now()).then_some(at)
     }
 
     /// Lists a request as in flight; its id for [`finish`](Self::finish).
-    pub(crate) fn begin(&self, method: Method, uri: Uri) -> u64 {
+    pub(crate) fn begin(&self, method: Method, uri: Uri, http2: bool) -> u64 {
         Cells::add(&self.server.counters.requests, 1);
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         let mut requests = self.requests.lock();
         let id = requests.next;
         requests.next += 1;
@@ -121,7 +160,11 @@ impl ConnShared {
             requests.list.swap_remove(at);
         }
         let cut = requests.cut;
+        let idle = requests.list.is_empty();
         drop(requests);
+        if idle {
+            self.mark_idle();
+        }
         if !cut {
             let counters = &self.server.counters;
             Cells::add(
@@ -138,6 +181,12 @@ impl ConnShared {
     /// How many requests are in flight on this connection.
     pub(crate) fn in_flight(&self) -> usize {
         self.requests.lock().list.len()
+    }
+
+    /// Whether the keep-alive grace since the connection last became idle has passed.
+    pub(crate) fn past_keep_alive_grace(&self) -> bool {
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        self.server.epoch + since + self.server.keep_alive_grace <= Instant::now()
     }
 
     /// Whether a request has begun on this connection (a connection that only ever sent half
@@ -159,7 +208,7 @@ impl ConnShared {
                 .list
                 .iter()
                 .map(|r| CutRequest {
-                    name: format!("http {} {} from {}", r.method, r.uri.path(), self.peer),
+                    name: request_name(&r.method, &r.uri, &self.peer),
                     age: now.saturating_duration_since(r.started),
                 })
                 .collect()
@@ -298,7 +347,26 @@ pub(crate) async fn serve_connection<I, S, B>(
         biased;
         () = cut.cancelled() => None,
         served = connection.as_mut() => Some(served),
-        () = halt.cancelled() => {
+        () = halt.cancelled() => 'halted: {
+            // HTTP/1 has no GOAWAY: a client may be writing its next request on an idle
+            // connection right now, and closing under it fails that request (hyper's client
+            // retries only requests it never sent). So a connection that became idle less than
+            // `keep_alive_grace` ago stays open that long; a request arriving meanwhile is
+            // answered with `Connection: close`, after which hyper closes the connection.
+            while let Some(at) = conn.idle_close_at() {
+                tokio::select! {
+                    biased;
+                    () = cut.cancelled() => break 'halted None,
+                    served = connection.as_mut() => break 'halted Some(served),
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            if !conn.has_begun() {
+                // Nothing at all, or half a request head, and no request by the end of the
+                // grace: not work, and hyper would wait for the rest of the head (it has no
+                // timer here). Close it.
+                break 'halted None;
+            }
             // HTTP/1: an idle connection closes now, a busy one after its response (which
             // carries `Connection: close`); HTTP/2: GOAWAY, open streams finish; a connection
             // that has sent nothing yet closes.

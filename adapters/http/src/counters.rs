@@ -18,7 +18,7 @@ pub struct Counters {
     /// connection, such as a WebSocket, counts when it is dropped).
     pub completed: u64,
     /// Requests the server cut because they were still running when the exit phase began
-    /// (after the drain deadline); each is named in `Outcome::handed_back`.
+    /// (after the drain deadline and the cancel grace); each is named in `Outcome::stuck_work`.
     pub cut: u64,
     /// Requests that ended early without the server cutting them: the client went away, or the
     /// response body failed.

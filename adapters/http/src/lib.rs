@@ -15,4 +15,4 @@ mod service;
 pub use axum::serve::{Listener, ListenerExt};
 pub use counters::Counters;
 pub use draining::Draining;
-pub use server::{DEFAULT_NAME, HttpServer, HttpServerBuilder, serve};
+pub use server::{DEFAULT_KEEP_ALIVE_GRACE, DEFAULT_NAME, HttpServer, HttpServerBuilder, serve};

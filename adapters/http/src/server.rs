@@ -34,6 +34,9 @@ use crate::service::RequestService;
 /// The default server name: the prefix of its hook names.
 pub const DEFAULT_NAME: &str = "http";
 
+/// The default [`HttpServerBuilder::keep_alive_grace`]: a few round trips on a local network.
+pub const DEFAULT_KEEP_ALIVE_GRACE: Duration = Duration::from_millis(50);
+
 /// How long `NAME:close` lets connections that are closing gracefully finish (at most a quarter
 /// of the time the exit hook has).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -53,8 +56,13 @@ pub fn serve<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
 /// | hook (server named `http`) | phase | what it does |
 /// |---|---|---|
 /// | `http:start` | `startup` | start accepting on the listener |
-/// | `http:stop_accepting` | `stop_intake` | (after the propagation delay, while the readiness route already says 503) close the listener, returning once new connections are refused; HTTP/1: idle keep-alive connections close at once, busy ones after their response, which carries `Connection: close`; HTTP/2: GOAWAY, open streams finish |
-/// | `http:close` | `exit` | cut every connection still open; the requests it cuts are counted ([`Counters::cut`]) and named in `Outcome::handed_back` (`http GET /path from 127.0.0.1:53412 (cut after 812 ms)`) |
+/// | `http:stop_accepting` | `stop_intake` | (after the propagation delay, while the readiness route already says 503) close the listener, returning once new connections are refused; HTTP/1: idle keep-alive connections close at once (those that answered within the last [`keep_alive_grace`](HttpServerBuilder::keep_alive_grace), 50 ms, first give the request their client may be sending the chance to arrive), busy ones after their response, which carries `Connection: close`; a connection that has not sent a whole request head by then closes; HTTP/2: GOAWAY, open streams finish |
+/// | `http:close` | `exit` | cut every connection still open; the requests it cuts are counted ([`Counters::cut`]) and each is logged by name and age; connections closing gracefully (a last HTTP/2 frame, a response being flushed) get a short bound first |
+///
+/// Each request is a named lifecycle work item (`http GET /path from 127.0.0.1:53412`), so the
+/// requests still running at the drain deadline are named, with their age, in
+/// `Outcome::stuck_work` and in the lifecycle's `WorkStuck` event; `Outcome::outlived_grace`
+/// counts those still running when the exit phase began, which this server then cuts.
 ///
 /// A request counts as in-flight work from the moment its head reaches the service until its
 /// response body has been sent, so the `wait` phase waits for requests, including streamed
@@ -110,6 +118,7 @@ pub struct HttpServerBuilder<L, S> {
     service: S,
     name: String,
     readiness_route: Option<String>,
+    keep_alive_grace: Duration,
 }
 
 impl<L, S> fmt::Debug for HttpServerBuilder<L, S> {
@@ -139,6 +148,17 @@ impl<L, S> HttpServerBuilder<L, S> {
         self
     }
 
+    /// How long after its last response an idle HTTP/1 keep-alive connection stays open once
+    /// intake has stopped (default [`DEFAULT_KEEP_ALIVE_GRACE`]): long enough for a request the
+    /// client is already sending on it to arrive and be answered with `Connection: close`,
+    /// instead of failing under a close it could not see coming (HTTP/1 has no GOAWAY, and
+    /// hyper's client retries only requests it never sent). Connections idle for longer close
+    /// at once. It never holds the `wait` phase: an idle connection is not work.
+    pub fn keep_alive_grace(mut self, grace: Duration) -> Self {
+        self.keep_alive_grace = grace;
+        self
+    }
+
     /// Builds the server. It does nothing until its [`hooks`](HttpServer::hooks) run in a
     /// lifecycle.
     pub fn build<B>(self) -> HttpServer
@@ -162,6 +182,7 @@ impl<L, S> HttpServerBuilder<L, S> {
             service,
             name,
             readiness_route,
+            keep_alive_grace,
         } = self;
         let start: StartFn = Box::new(move |shared| Box::pin(accept(listener, service, shared)));
         HttpServer {
@@ -174,6 +195,8 @@ impl<L, S> HttpServerBuilder<L, S> {
                 shared: Arc::new(Shared {
                     name,
                     readiness_route: readiness_route.map(String::into_boxed_str),
+                    keep_alive_grace,
+                    epoch: tokio::time::Instant::now(),
                     counters: Cells::default(),
                     connections: Mutex::new(HashMap::new()),
                     bound: OnceLock::new(),
@@ -194,6 +217,7 @@ impl HttpServer {
             service,
             name: DEFAULT_NAME.to_owned(),
             readiness_route: None,
+            keep_alive_grace: DEFAULT_KEEP_ALIVE_GRACE,
         }
     }
 
@@ -267,6 +291,9 @@ struct Bound {
 pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) readiness_route: Option<Box<str>>,
+    pub(crate) keep_alive_grace: Duration,
+    /// The origin of each connection's `idle_since`.
+    pub(crate) epoch: tokio::time::Instant,
     pub(crate) counters: Cells,
     /// Every open connection by id; locked briefly (insert, remove, a cut's copy), never across
     /// an await.
@@ -303,19 +330,16 @@ impl Shared {
             .filter(|conn| which(conn))
             .cloned()
             .collect();
-        let handle = self.handle();
         let mut cut = 0;
         for conn in connections {
             for request in conn.cut() {
                 cut += 1;
-                let age_ms = request.age.as_millis() as u64;
                 tracing::warn!(
                     server = %self.name,
                     request = %request.name,
-                    age_ms,
+                    age_ms = request.age.as_millis() as u64,
                     "request still running when the exit phase began: cut"
                 );
-                handle.report_handed_back(format!("{} (cut after {age_ms} ms)", request.name));
             }
         }
         cut
@@ -370,14 +394,25 @@ impl Inner {
         };
         bound.halt.cancel();
         let open = shared.connections.lock().len();
-        // Requests still running (handlers that ignored the drain and the deadline, upgraded
-        // streams) and connections that never started a request (half a request line, nothing
-        // at all) are cut now: nothing they hold can finish.
-        let mut cut = shared.cut(|conn| conn.in_flight() > 0 || !conn.has_begun());
+        // Cut now: requests still running after the drain deadline (handlers that ignored the
+        // drain and the cancel, upgraded streams), and connections that never started a
+        // request and are past the keep-alive grace (half a request line, nothing at all):
+        // nothing they hold can finish. A request that began after the wait phase ended (a
+        // client reusing its connection just then) is not cut yet: it is answered with
+        // `Connection: close` within the grace below.
+        let deadline_passed = ctx.handle().is_cancelled();
+        let mut cut = shared.cut(|conn| {
+            if conn.in_flight() > 0 {
+                deadline_passed
+            } else {
+                !conn.has_begun() && conn.past_keep_alive_grace()
+            }
+        });
         shared.tasks.close();
-        // The rest served requests and are closing gracefully: an HTTP/2 connection still
-        // writing its last frames and its GOAWAY, an HTTP/1 response still being flushed. A
-        // short bound keeps the other exit hooks' time; whatever is left then is cut.
+        // The rest are closing gracefully: an HTTP/2 connection still writing its last frames
+        // and its GOAWAY, an HTTP/1 response still being flushed, an idle connection within its
+        // keep-alive grace. A short bound keeps the other exit hooks' time; whatever is left
+        // then is cut.
         let grace = ctx
             .time_left()
             .map_or(CLOSE_GRACE, |left| (left / 4).min(CLOSE_GRACE));

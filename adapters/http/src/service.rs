@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use crate::body::ResponseBody;
-use crate::connection::ConnShared;
+use crate::connection::{ConnShared, request_name};
 use crate::draining::Draining;
 
 /// One request in flight: a lifecycle work item, listed on its connection until dropped.
@@ -33,8 +33,12 @@ pub(crate) struct RequestGuard {
 
 impl RequestGuard {
     fn begin<T>(conn: &Arc<ConnShared>, request: &Request<T>) -> Self {
-        let work = conn.server.handle().work_guard();
-        let id = conn.begin(request.method().clone(), request.uri().clone());
+        // Named, so a request still running at the drain deadline appears in the lifecycle's
+        // stuck-work report (`Outcome::stuck_work`) as `http GET /path from 127.0.0.1:53412`.
+        let name = request_name(request.method(), request.uri(), &conn.peer);
+        let work = conn.server.handle().work_guard_named(name);
+        let http2 = request.version() == http::Version::HTTP_2;
+        let id = conn.begin(request.method().clone(), request.uri().clone(), http2);
         RequestGuard {
             conn: Arc::clone(conn),
             id,

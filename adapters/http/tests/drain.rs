@@ -379,14 +379,18 @@ async fn handlers_that_ignore_the_drain_are_cut_counted_and_named() {
     );
     assert_eq!(outcome.exit_code(), 2, "{outcome:?}");
     assert!(outcome.forced());
-    let mut named = outcome.handed_back().to_vec();
-    named.sort();
+    // The lifecycle's stuck-work report names both, with their age at the deadline.
+    let mut named = outcome.stuck_work().to_vec();
+    named.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(named.len(), 2, "{named:?}");
-    for (line, path) in named.iter().zip(["/stream", "/stuck"]) {
+    for (item, path) in named.iter().zip(["/stream", "/stuck"]) {
         let prefix = format!("http GET {path} from 127.0.0.1:");
-        assert!(line.starts_with(&prefix), "{line:?} names {prefix}…");
-        assert!(line.contains(" (cut after "), "{line:?} gives the age");
+        assert!(item.name.starts_with(&prefix), "{item:?} names {prefix}…");
+        assert_eq!(item.phase, lifecycle_hooks::Phase::RUNNING, "{item:?}");
+        assert!(item.age >= Duration::from_millis(800), "{item:?}");
     }
+    // Neither answered within the cancel grace: the server cut both in the exit phase.
+    assert_eq!((outcome.cancelled_work(), outcome.outlived_grace()), (2, 2));
     let counters = running.server.counters();
     assert_eq!(
         (
@@ -419,7 +423,7 @@ async fn half_a_request_line_is_not_work() {
     running.handle.stop();
     let outcome = finish(running.run).await;
     assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
-    assert!(!outcome.forced() && outcome.handed_back().is_empty());
+    assert!(!outcome.forced() && outcome.stuck_work().is_empty());
     assert!(outcome.stop_elapsed() < Duration::from_secs(2));
     // The exit hook closed the half-sent connection.
     let mut rest = Vec::new();
@@ -526,4 +530,60 @@ async fn the_hooks_start_once() {
         failure.contains("HTTP server `http` was already started"),
         "{failure}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_clients_sending_through_the_stop_see_no_failed_request() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    const LOOPS: usize = 4;
+    let (running, addr) = tcp_server(Duration::from_secs(30)).await;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let (warm_tx, mut warm) = mpsc::unbounded_channel();
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let client = client.clone();
+            let warm = warm_tx.clone();
+            tokio::spawn(async move {
+                let mut answered = 0_usize;
+                loop {
+                    let request = Request::get(format!("http://{addr}/"))
+                        .body(Empty::new())
+                        .unwrap();
+                    match client.request(request).await {
+                        Ok(response) => {
+                            assert_eq!(response.status(), StatusCode::OK);
+                            let body = response.into_body().collect().await;
+                            assert_eq!(body.expect("a whole body").to_bytes(), "hello\n");
+                            answered += 1;
+                            if answered == 2 {
+                                let _ = warm.send(());
+                            }
+                        }
+                        // The listener closed: this instance is out of rotation, the request
+                        // was never accepted (a balancer sends it elsewhere).
+                        Err(error) if error.is_connect() => return answered,
+                        Err(error) => panic!(
+                            "a request failed on an accepted connection after {answered} answers: {error:?}"
+                        ),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..LOOPS {
+        timeout(PATIENCE, warm.recv()).await.unwrap().unwrap();
+    }
+    running.handle.stop();
+    let mut answered = 0;
+    for one in loops {
+        answered += timeout(PATIENCE, one).await.unwrap().unwrap();
+    }
+    let outcome = finish(running.run).await;
+    assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
+    let counters = running.server.counters();
+    assert_eq!(counters.completed as usize, answered, "{counters:?}");
+    assert_eq!((counters.cut, counters.aborted), (0, 0), "{counters:?}");
 }
