@@ -55,12 +55,31 @@ pub(crate) struct CutRequest {
     pub(crate) age: Duration,
 }
 
+/// The requests of one connection. Its counts stay here, on the connection's own lock, while the
+/// connection is open (no shared counter is touched per request); they are folded into the
+/// server's counters when it closes.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
+    /// Requests begun so far (and the next one's id).
     next: u64,
     pub(crate) list: Vec<InFlight>,
     /// Set by the cut, under this lock: requests listed then are counted as cut.
     pub(crate) cut: bool,
+    completed: u64,
+    aborted: u64,
+    /// Set when the counts were folded into the server's: later ends count there directly.
+    folded: bool,
+}
+
+impl Requests {
+    /// This connection's share of the counters: (begun, completed, aborted).
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        if self.folded {
+            (0, 0, 0)
+        } else {
+            (self.next, self.completed, self.aborted)
+        }
+    }
 }
 
 /// What the server, the serving task, the I/O wrapper and each request share about one
@@ -137,13 +156,15 @@ impl ConnShared {
 
     /// Lists a request as in flight; its id for [`finish`](Self::finish).
     pub(crate) fn begin(&self, method: Method, uri: Uri, http2: bool) -> u64 {
-        Cells::add(&self.server.counters.requests, 1);
         if http2 {
             self.http2.store(true, Ordering::Relaxed);
         }
         let mut requests = self.requests.lock();
         let id = requests.next;
         requests.next += 1;
+        if requests.folded {
+            Cells::add(&self.server.counters.requests, 1);
+        }
         requests.list.push(InFlight {
             id,
             method,
@@ -159,23 +180,36 @@ impl ConnShared {
         if let Some(at) = requests.list.iter().position(|r| r.id == id) {
             requests.list.swap_remove(at);
         }
-        let cut = requests.cut;
+        if !requests.cut {
+            let counters = &self.server.counters;
+            match (requests.folded, completed) {
+                (false, true) => requests.completed += 1,
+                (false, false) => requests.aborted += 1,
+                (true, true) => Cells::add(&counters.completed, 1),
+                (true, false) => Cells::add(&counters.aborted, 1),
+            }
+        }
         let idle = requests.list.is_empty();
         drop(requests);
         if idle {
             self.mark_idle();
         }
-        if !cut {
-            let counters = &self.server.counters;
-            Cells::add(
-                if completed {
-                    &counters.completed
-                } else {
-                    &counters.aborted
-                },
-                1,
-            );
-        }
+    }
+
+    /// Takes the connection out of its server's registry and folds its counts into the
+    /// server's, under the registry's lock so a snapshot sees them exactly once.
+    fn leave(&self) {
+        let mut connections = self.server.connections.lock();
+        connections.remove(&self.id);
+        let mut requests = self.requests.lock();
+        let (begun, completed, aborted) = requests.counts();
+        requests.folded = true;
+        drop(requests);
+        let counters = &self.server.counters;
+        Cells::add(&counters.requests, begun);
+        Cells::add(&counters.completed, completed);
+        Cells::add(&counters.aborted, aborted);
+        drop(connections);
     }
 
     /// How many requests are in flight on this connection.
@@ -260,9 +294,10 @@ fn cut_error() -> io::Error {
 
 impl<T> Drop for Io<T> {
     fn drop(&mut self) {
-        self.conn.server.connections.lock().remove(&self.conn.id);
+        // The upgraded request ends first, so its count is folded with the rest.
         let guard = self.conn.upgrade_guard.lock().take();
         drop(guard);
+        self.conn.leave();
     }
 }
 

@@ -42,13 +42,15 @@ impl Cells {
         cell.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Counters {
+    /// The counters, given the open connections' own counts (begun, completed, aborted),
+    /// summed under the server's registry lock.
+    pub(crate) fn snapshot_with(&self, open: (u64, u64, u64)) -> Counters {
         // Relaxed loads of separate cells are not one snapshot: `in_flight` saturates rather
         // than underflow when an end is seen before its start.
-        let completed = self.completed.load(Ordering::Relaxed);
+        let completed = self.completed.load(Ordering::Relaxed) + open.1;
         let cut = self.cut.load(Ordering::Relaxed);
-        let aborted = self.aborted.load(Ordering::Relaxed);
-        let requests = self.requests.load(Ordering::Relaxed);
+        let aborted = self.aborted.load(Ordering::Relaxed) + open.2;
+        let requests = self.requests.load(Ordering::Relaxed) + open.0;
         Counters {
             connections: self.connections.load(Ordering::Relaxed),
             requests,

@@ -106,7 +106,7 @@ impl fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpServer")
             .field("name", &self.inner.shared.name)
-            .field("counters", &self.inner.shared.counters.snapshot())
+            .field("counters", &self.inner.shared.counters())
             .finish_non_exhaustive()
     }
 }
@@ -202,6 +202,7 @@ impl<L, S> HttpServerBuilder<L, S> {
                     bound: OnceLock::new(),
                     tasks: TaskTracker::new(),
                     listener_closed: CancellationToken::new(),
+                    halted: AtomicBool::new(false),
                 }),
             }),
         }
@@ -258,7 +259,7 @@ impl HttpServer {
 
     /// The counters now; see [`Counters`]. They are also logged when the server closes.
     pub fn counters(&self) -> Counters {
-        self.inner.shared.counters.snapshot()
+        self.inner.shared.counters()
     }
 
     /// The server's name.
@@ -303,6 +304,9 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Cancelled once the accept loop has dropped the listener.
     listener_closed: CancellationToken,
+    /// Set (Release) once the halt fired, by the stop hook or the accept loop: read (Acquire)
+    /// for every response, where the halt token's own check would take its lock.
+    halted: AtomicBool,
 }
 
 impl Shared {
@@ -316,8 +320,29 @@ impl Shared {
         &self.bound().handle
     }
 
+    /// The counters: the closed connections' (folded) plus the open ones'.
+    fn counters(&self) -> Counters {
+        let connections = self.connections.lock();
+        let open = connections.values().fold((0, 0, 0), |sum, conn| {
+            let (begun, completed, aborted) = conn.requests.lock().counts();
+            (sum.0 + begun, sum.1 + completed, sum.2 + aborted)
+        });
+        let counters = self.counters.snapshot_with(open);
+        drop(connections);
+        counters
+    }
+
     pub(crate) fn halt(&self) -> &CancellationToken {
         &self.bound().halt
+    }
+
+    /// Whether intake has stopped for this server (a lock-free read for the request path).
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    fn set_halted(&self) {
+        self.halted.store(true, Ordering::Release);
     }
 
     /// Cuts the open connections `which` selects; reports and returns how many requests it
@@ -375,10 +400,11 @@ impl Inner {
         let Some(bound) = self.shared.bound.get() else {
             return;
         };
+        self.shared.set_halted();
         bound.halt.cancel();
         // Returns once new connections are refused, so the phases after it can rely on that.
         self.shared.listener_closed.cancelled().await;
-        let counters = self.shared.counters.snapshot();
+        let counters = self.shared.counters();
         tracing::info!(
             server = %self.shared.name,
             connections = self.shared.connections.lock().len(),
@@ -392,6 +418,7 @@ impl Inner {
         let Some(bound) = shared.bound.get() else {
             return Ok(());
         };
+        shared.set_halted();
         bound.halt.cancel();
         let open = shared.connections.lock().len();
         // Cut now: requests still running after the drain deadline (handlers that ignored the
@@ -430,7 +457,7 @@ impl Inner {
                 "requests cut: they outlived the drain deadline and the cancel grace"
             );
         }
-        let c = shared.counters.snapshot();
+        let c = shared.counters();
         tracing::info!(
             server = %shared.name,
             connections = c.connections,
@@ -487,6 +514,7 @@ where
             .tasks
             .spawn(serve_connection(builder.clone(), io, conn, service));
     }
+    shared.set_halted();
     drop(listener);
     shared.listener_closed.cancel();
     tracing::debug!(server = %shared.name, "listener dropped");

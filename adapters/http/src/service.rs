@@ -197,7 +197,7 @@ where
         conn.upgraded.store(true, Ordering::Release);
         return response.map(|body| ResponseBody::new(body, None));
     }
-    if http1 && conn.server.halt().is_cancelled() {
+    if http1 && conn.server.is_halted() {
         // Intake stopped while this request ran: tell the client not to reuse the connection
         // (hyper also closes it after this response, as its keep-alive is off by now).
         response
