@@ -14,6 +14,7 @@
 //!    bytes are already readable is parsed (and answered) before a graceful shutdown applies.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,9 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use http::{Method, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use lifecycle_hooks::BoxError;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -97,8 +100,12 @@ pub(crate) struct ConnShared {
     /// The guard of the request that upgraded the connection, released when the upgraded
     /// stream is dropped: a WebSocket is in flight for as long as it is open.
     pub(crate) upgrade_guard: Mutex<Option<RequestGuard>>,
-    /// Cancelled when the server cuts this connection.
+    /// Cancelled when the server cuts this connection (what an upgraded stream watches).
     pub(crate) cut: CancellationToken,
+    /// Set (Release) when the server cuts this connection, before `waker` is woken.
+    cut_flag: AtomicBool,
+    /// The serving task's waker: the server wakes it at the halt and at the cut.
+    waker: AtomicWaker,
     /// When the connection last became idle (accepted, or a request ended), in nanoseconds
     /// since the server's epoch; relaxed: a hint read by this connection's own task.
     idle_since: AtomicU64,
@@ -126,6 +133,8 @@ impl ConnShared {
             upgraded: AtomicBool::new(false),
             upgrade_guard: Mutex::new(None),
             cut: CancellationToken::new(),
+            cut_flag: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
         }
@@ -212,6 +221,11 @@ impl ConnShared {
         drop(connections);
     }
 
+    /// Wakes the serving task to look at the server's halt flag (set before this call).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
     /// How many requests are in flight on this connection.
     pub(crate) fn in_flight(&self) -> usize {
         self.requests.lock().list.len()
@@ -249,7 +263,9 @@ impl ConnShared {
         };
         drop(requests);
         Cells::add(&self.server.counters.cut, cut.len() as u64);
+        self.cut_flag.store(true, Ordering::Release);
         self.cut.cancel();
+        self.waker.wake();
         cut
     }
 }
@@ -353,6 +369,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Io<T> {
     }
 }
 
+/// What woke a connection's task.
+enum Signal {
+    /// The connection future ended.
+    Served(Result<(), BoxError>),
+    /// The server halted (intake stopped).
+    Halted,
+    /// The server cut the connection.
+    Cut,
+}
+
+/// Drives the connection until it ends, the server cuts it, or (with `watch_halt`) the server
+/// halts. The wake-ups come from the connection's own `AtomicWaker`, registered before the
+/// flags are read: no shared lock on the request path, where a cancellation token's
+/// `cancelled()` would lock its node at every wake-up of every connection.
+fn next<'a, F>(
+    conn: &'a ConnShared,
+    mut connection: Pin<&'a mut F>,
+    watch_halt: bool,
+) -> impl Future<Output = Signal> + 'a
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    std::future::poll_fn(move |cx| {
+        conn.waker.register(cx.waker());
+        // Acquire: pairs with the Release stores made before the wake-ups.
+        if conn.cut_flag.load(Ordering::Acquire) {
+            return Poll::Ready(Signal::Cut);
+        }
+        if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Signal::Served(served));
+        }
+        if watch_halt && conn.server.is_halted() {
+            return Poll::Ready(Signal::Halted);
+        }
+        Poll::Pending
+    })
+}
+
 /// Serves one connection until it closes, is cut, or (after the halt) finishes gracefully.
 pub(crate) async fn serve_connection<I, S, B>(
     builder: auto::Builder<TokioExecutor>,
@@ -373,44 +427,44 @@ pub(crate) async fn serve_connection<I, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<lifecycle_hooks::BoxError>,
 {
-    let halt = conn.server.halt().clone();
-    let cut = conn.cut.clone();
     let io = TokioIo::new(Io::new(io, Arc::clone(&conn)));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let served = tokio::select! {
-        biased;
-        () = cut.cancelled() => None,
-        served = connection.as_mut() => Some(served),
-        () = halt.cancelled() => 'halted: {
-            // HTTP/1 has no GOAWAY: a client may be writing its next request on an idle
-            // connection right now, and closing under it fails that request (hyper's client
-            // retries only requests it never sent). So a connection that became idle less than
-            // `keep_alive_grace` ago stays open that long; a request arriving meanwhile is
-            // answered with `Connection: close`, after which hyper closes the connection.
-            while let Some(at) = conn.idle_close_at() {
-                tokio::select! {
-                    biased;
-                    () = cut.cancelled() => break 'halted None,
-                    served = connection.as_mut() => break 'halted Some(served),
-                    () = tokio::time::sleep_until(at) => {}
-                }
-            }
-            if !conn.has_begun() {
-                // Nothing at all, or half a request head, and no request by the end of the
-                // grace: not work, and hyper would wait for the rest of the head (it has no
-                // timer here). Close it.
-                break 'halted None;
-            }
-            // HTTP/1: an idle connection closes now, a busy one after its response (which
-            // carries `Connection: close`); HTTP/2: GOAWAY, open streams finish; a connection
-            // that has sent nothing yet closes.
-            connection.as_mut().graceful_shutdown();
+    let served = 'served: {
+        match next(&conn, connection.as_mut(), true).await {
+            Signal::Cut => break 'served None,
+            Signal::Served(served) => break 'served Some(served),
+            Signal::Halted => {}
+        }
+        // HTTP/1 has no GOAWAY: a client may be writing its next request on an idle connection
+        // right now, and closing under it fails that request (hyper's client retries only
+        // requests it never sent). So a connection that became idle less than
+        // `keep_alive_grace` ago stays open that long; a request arriving meanwhile is answered
+        // with `Connection: close`, after which hyper closes the connection.
+        while let Some(at) = conn.idle_close_at() {
             tokio::select! {
                 biased;
-                () = cut.cancelled() => None,
-                served = connection.as_mut() => Some(served),
+                signal = next(&conn, connection.as_mut(), false) => match signal {
+                    Signal::Cut => break 'served None,
+                    Signal::Served(served) => break 'served Some(served),
+                    Signal::Halted => unreachable!("the halt is not watched again"),
+                },
+                () = tokio::time::sleep_until(at) => {}
             }
+        }
+        if !conn.has_begun() {
+            // Nothing at all, or half a request head, and no request by the end of the grace:
+            // not work, and hyper would wait for the rest of the head (it has no timer here).
+            // Close it.
+            break 'served None;
+        }
+        // HTTP/1: an idle connection closes now, a busy one after its response (which carries
+        // `Connection: close`); HTTP/2: GOAWAY, open streams finish.
+        connection.as_mut().graceful_shutdown();
+        match next(&conn, connection.as_mut(), false).await {
+            Signal::Cut => None,
+            Signal::Served(served) => Some(served),
+            Signal::Halted => unreachable!("the halt is not watched again"),
         }
     };
     match served {

@@ -75,10 +75,46 @@ pub fn serve<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
 /// begins. Exit hooks keep their reserve: the cut takes no time.
 ///
 /// Listeners are axum's [`Listener`]: `tokio::net::TcpListener`, `tokio::net::UnixListener`,
-/// or your own. TLS is left to your acceptor: implement `Listener` for a type that accepts TCP
-/// and completes the handshake with `tokio_rustls::TlsAcceptor::accept`, returning its
-/// `TlsStream` as the `Io` (do the handshake with a timeout, or hand it to a task that yields
-/// finished streams through a channel, so one slow client does not stall accepting).
+/// or your own. TLS is left to your acceptor (this crate has no TLS dependency): implement
+/// `Listener` for a type that accepts TCP and completes the handshake, for example with
+/// tokio-rustls, returning its `TlsStream` as the `Io`. Bound the handshake (or run handshakes
+/// in their own tasks and hand finished streams over a channel) so one slow client cannot stall
+/// accepting; the server stops calling `accept` at `stop_intake` and drops the listener.
+///
+/// ```ignore
+/// use std::time::Duration;
+/// use tokio::net::{TcpListener, TcpStream};
+/// use tokio_rustls::{TlsAcceptor, server::TlsStream};
+///
+/// struct TlsListener {
+///     tcp: TcpListener,
+///     acceptor: TlsAcceptor, // from your rustls ServerConfig
+/// }
+///
+/// impl lifecycle_hooks_http::Listener for TlsListener {
+///     type Io = TlsStream<TcpStream>;
+///     type Addr = std::net::SocketAddr;
+///
+///     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+///         loop {
+///             let (tcp, addr) = match self.tcp.accept().await {
+///                 Ok(accepted) => accepted,
+///                 // Out of file descriptors and the like: back off instead of spinning.
+///                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+///             };
+///             let handshake = self.acceptor.accept(tcp);
+///             if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+///                 return (tls, addr);
+///             }
+///         }
+///     }
+///
+///     fn local_addr(&self) -> std::io::Result<Self::Addr> {
+///         self.tcp.local_addr()
+///     }
+/// }
+/// // HttpServer::builder(TlsListener { tcp, acceptor }, app).build()
+/// ```
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -341,8 +377,13 @@ impl Shared {
         self.halted.load(Ordering::Acquire)
     }
 
+    /// Sets the halt flag, then wakes every connection's task to see it.
     fn set_halted(&self) {
+        // Release: a task woken below (or polled later) reads the flag with Acquire.
         self.halted.store(true, Ordering::Release);
+        for conn in self.connections.lock().values() {
+            conn.wake();
+        }
     }
 
     /// Cuts the open connections `which` selects; reports and returns how many requests it
