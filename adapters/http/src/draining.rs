@@ -1,10 +1,15 @@
 //! The drain signal as a request extension and axum extractor. See [`Draining`].
 
+use std::fmt;
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use http::StatusCode;
 use http::request::Parts;
 use lifecycle_hooks::LifecycleHandle;
 use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::connection::ConnShared;
 
 /// The lifecycle's drain signal, for handlers whose responses last: a server-sent-events stream
 /// ends when [`draining`](Draining::draining) completes, a WebSocket sends its close frame (code
@@ -25,14 +30,26 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 /// }
 /// # let _ = axum::Router::<()>::new().route("/events", axum::routing::get(events));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Draining {
-    handle: LifecycleHandle,
+    // The request's connection, through which the lifecycle is reached: its reference count is
+    // touched by this connection's requests only, where a cloned handle's would be shared by
+    // every request of every connection.
+    conn: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Draining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Draining")
+            .field("draining", &self.is_draining())
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
 }
 
 impl Draining {
-    pub(crate) fn new(handle: LifecycleHandle) -> Self {
-        Draining { handle }
+    pub(crate) fn new(conn: Arc<ConnShared>) -> Self {
+        Draining { conn }
     }
 
     /// Completes when the drain begins (right after intake stops): end long responses now.
@@ -41,12 +58,12 @@ impl Draining {
     ///
     /// Cancel safe; the future owns what it needs.
     pub fn draining(&self) -> WaitForCancellationFutureOwned {
-        self.handle.draining()
+        self.handle().draining()
     }
 
     /// Whether the drain has begun.
     pub fn is_draining(&self) -> bool {
-        self.handle.is_draining()
+        self.handle().is_draining()
     }
 
     /// Completes at the drain deadline (or when a second signal escalates): answer at once.
@@ -56,17 +73,17 @@ impl Draining {
     ///
     /// Cancel safe; the future owns what it needs.
     pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
-        self.handle.cancelled()
+        self.handle().cancelled()
     }
 
     /// Whether the drain deadline has passed.
     pub fn is_cancelled(&self) -> bool {
-        self.handle.is_cancelled()
+        self.handle().is_cancelled()
     }
 
     /// The lifecycle the request is served under.
     pub fn handle(&self) -> &LifecycleHandle {
-        &self.handle
+        self.conn.server.handle()
     }
 }
 

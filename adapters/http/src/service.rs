@@ -100,7 +100,7 @@ where
         }
         request
             .extensions_mut()
-            .insert(Draining::new(server.handle().clone()));
+            .insert(Draining::new(Arc::clone(&self.conn)));
         ResponseFuture {
             call: Some(self.inner.clone().oneshot(request)),
             ready: None,
