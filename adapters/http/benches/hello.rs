@@ -7,8 +7,9 @@
 //! - criterion (`hello/adapter`, `hello/axum_serve`): the time for a batch of requests spread
 //!   over 16 connections, as requests per second;
 //! - paired rounds after it: the two servers alternate, round after round, and every request's
-//!   latency is recorded, so throughput and p99 come from the same interleaved conditions (a
-//!   busy neighbour slows both equally). Printed as a table at the end.
+//!   latency is recorded, so throughput and p99 come from the same interleaved conditions.
+//!   Printed as a table at the end, with the median of the per-round adapter/axum_serve ratios
+//!   (a burst of load from elsewhere skews one pair, not the median).
 //!
 //! `cargo bench -p lifecycle-hooks-http --bench hello`; figures in `BENCHMARKS.md`.
 
@@ -187,6 +188,10 @@ fn paired_rounds(rt: &Runtime, servers: &Servers) {
         )
     });
     let mut tallies = [Tally::new(), Tally::new()];
+    // Per round: adapter/axum_serve throughput and p99 ratios of the two adjacent runs, so a
+    // burst of load from elsewhere skews one pair, not the summary (their median).
+    let mut rate_ratios = Vec::with_capacity(ROUNDS);
+    let mut p99_ratios = Vec::with_capacity(ROUNDS);
     rt.block_on(async {
         // One unrecorded round each to warm up.
         adapter.load(PER_ROUND, None).await;
@@ -194,19 +199,29 @@ fn paired_rounds(rt: &Runtime, servers: &Servers) {
         for round in 0..ROUNDS {
             // Alternate which goes first, so neither always follows the other.
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut pair = [(Duration::ZERO, Duration::ZERO); 2];
             for which in order {
                 let clients = if which == 0 { &mut adapter } else { &mut plain };
+                let mut latencies = Vec::with_capacity(PER_ROUND);
+                let time = clients.load(PER_ROUND, Some(&mut latencies)).await;
                 let tally = &mut tallies[which];
-                let time = clients.load(PER_ROUND, Some(&mut tally.latencies)).await;
                 tally.time += time;
                 tally.requests += PER_ROUND;
+                latencies.sort_unstable();
+                pair[which] = (time, latencies[PER_ROUND * 99 / 100 - 1]);
+                tally.latencies.extend(latencies);
             }
+            // Throughput ratio = inverse time ratio.
+            rate_ratios.push(pair[1].0.as_secs_f64() / pair[0].0.as_secs_f64());
+            p99_ratios.push(pair[0].1.as_secs_f64() / pair[1].1.as_secs_f64());
         }
     });
     let [mut a, mut p] = tallies;
     let (a_rate, p_rate) = (a.rate(), p.rate());
     let (a50, p50) = (a.quantile(0.50), p.quantile(0.50));
     let (a99, p99) = (a.quantile(0.99), p.quantile(0.99));
+    let rate_median = median(&mut rate_ratios);
+    let p99_median = median(&mut p99_ratios);
     println!();
     println!(
         "paired rounds: {ROUNDS} x {PER_ROUND} requests per server, {CONNECTIONS} keep-alive connections"
@@ -216,12 +231,27 @@ fn paired_rounds(rt: &Runtime, servers: &Servers) {
     println!("| adapter | {a_rate:.0} | {a50:?} | {a99:?} |");
     println!("| axum_serve | {p_rate:.0} | {p50:?} | {p99:?} |");
     println!(
-        "adapter/axum_serve: throughput {:.3}x ({:+.1} %), p99 {:.3}x ({:+.1} %)",
+        "adapter/axum_serve over all rounds: throughput {:.3}x ({:+.1} %), p99 {:.3}x ({:+.1} %)",
         a_rate / p_rate,
         (a_rate / p_rate - 1.0) * 100.0,
         a99.as_secs_f64() / p99.as_secs_f64(),
         (a99.as_secs_f64() / p99.as_secs_f64() - 1.0) * 100.0
     );
+    println!(
+        "adapter/axum_serve, median of per-round pairs: throughput {rate_median:.3}x ({:+.1} %), p99 {p99_median:.3}x ({:+.1} %)",
+        (rate_median - 1.0) * 100.0,
+        (p99_median - 1.0) * 100.0
+    );
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }
 
 fn hello(c: &mut Criterion) {
