@@ -9,8 +9,7 @@ use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::hook::HookResult;
-use crate::outcome::Reason;
+use crate::outcome::{HookResult, Reason, WorkItem};
 use crate::phase::Phase;
 use crate::signals::Signal;
 
@@ -76,7 +75,7 @@ pub enum Event {
         /// Tracked work still in flight.
         in_flight: usize,
         /// Time left until the drain deadline.
-        time_left: Duration,
+        drain_left: Duration,
     },
     /// A state dump was requested (`SIGTTIN`).
     StateDump(Snapshot),
@@ -101,22 +100,11 @@ pub struct Snapshot {
     /// Hooks that have not run yet, as `phase/name`.
     pub pending_hooks: Vec<String>,
     /// Time left in the shutdown budget, once stopping.
-    pub time_left: Option<Duration>,
+    pub budget_left: Option<Duration>,
     /// Named work in flight (see
     /// [`LifecycleHandle::spawn_named`](crate::LifecycleHandle::spawn_named)), oldest first;
     /// unnamed work counts in `in_flight` only.
     pub work: Vec<WorkItem>,
-}
-
-/// One named item of tracked work: what it is, when it began, how long it has run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkItem {
-    /// Its name, as given to `spawn_named` or `work_guard_named`.
-    pub name: String,
-    /// The phase the lifecycle was in when the work began.
-    pub phase: Phase,
-    /// How long it had run when this was taken.
-    pub age: Duration,
 }
 
 pub(crate) type Observer = Arc<dyn Fn(&Event) + Send + Sync>;

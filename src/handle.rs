@@ -20,13 +20,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
+use crate::BoxError;
 use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
-use crate::errors::{BoxError, chain, panic_message};
-use crate::event::{Event, EventHub, EventStream, Snapshot, WorkItem};
-use crate::hook::IntoHookResult;
+use crate::errors::{chain, panic_message};
+use crate::event::{Event, EventHub, EventStream, Snapshot};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, Reason};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
 
@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) panicked_work: Arc<AtomicUsize>,
     /// Named work in flight, for the stuck-work report.
     pub(crate) work: WorkRegistry,
+    /// Names this process put in systemd's fd store, removed again on a final stop.
+    pub(crate) stored: crate::fdstore::Stored,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -291,24 +293,20 @@ impl LifecycleHandle {
     }
 
     /// Tells systemd a configuration reload began (`RELOADING=1` with `MONOTONIC_USEC=`, for
-    /// `Type=notify-reload`); call [`notify_reloaded`](Self::notify_reloaded) when it is done.
-    /// Does nothing without `NOTIFY_SOCKET`.
-    pub fn notify_reloading(&self) {
+    /// `Type=notify-reload`); `READY=1` follows when the returned [`Reload`] is done or dropped.
+    /// Without `NOTIFY_SOCKET` nothing is sent.
+    pub fn reloading(&self) -> Reload {
         if let Some(notifier) = &self.shared.config.notifier {
             notifier.reloading();
         }
-    }
-
-    /// Tells systemd a reload finished (`READY=1`). Does nothing without `NOTIFY_SOCKET`.
-    pub fn notify_reloaded(&self) {
-        if let Some(notifier) = &self.shared.config.notifier {
-            notifier.send("READY=1");
+        Reload {
+            notifier: self.shared.config.notifier.clone(),
         }
     }
 
-    /// Logs the current state (phase, in-flight work, pending hooks, time left) and emits it as
-    /// [`Event::StateDump`]. `SIGTTIN` does this by default.
-    pub fn dump_state(&self) {
+    /// Logs the current state (phase, in-flight work, pending hooks, budget left, named work)
+    /// and emits it as [`Event::StateDump`]: what `SIGTTIN` does by default.
+    pub(crate) fn dump_state(&self) {
         let snapshot = self.snapshot();
         tracing::info!(
             target: "lifecycle_hooks",
@@ -316,7 +314,7 @@ impl LifecycleHandle {
             reason = snapshot.reason.map(Reason::as_str),
             in_flight = snapshot.in_flight,
             pending_hooks = ?snapshot.pending_hooks,
-            time_left_ms = snapshot.time_left.map(|d| d.as_millis() as u64),
+            budget_left_ms = snapshot.budget_left.map(|d| d.as_millis() as u64),
             "state"
         );
         for item in &snapshot.work {
@@ -346,7 +344,7 @@ impl LifecycleHandle {
                 .flatten()
                 .cloned()
                 .collect(),
-            time_left: self.time_left(),
+            budget_left: self.deadlines().map(|d| d.budget_left()),
             work: self.shared.work.snapshot(),
         }
     }
@@ -354,11 +352,6 @@ impl LifecycleHandle {
     /// Why the lifecycle is stopping, once a trigger has arrived.
     pub fn reason(&self) -> Option<Reason> {
         self.shared.control.borrow().reason
-    }
-
-    /// Time left in the shutdown budget, once stopping.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.deadlines().map(|d| d.time_left())
     }
 
     /// The instants of the stop (trigger, drain deadline, end of budget), once one has begun.
@@ -391,59 +384,32 @@ impl LifecycleHandle {
         self.shared.events.subscribe()
     }
 
+    /// Named listeners and state blobs kept in systemd's file-descriptor store across a restart;
+    /// see [`FdStore`](crate::FdStore).
+    pub fn fd_store(&self) -> crate::FdStore {
+        crate::fdstore::FdStore::new(self.clone())
+    }
+
     /// Tracked work in flight: spawned tasks, tracked futures and guards.
     pub fn in_flight(&self) -> usize {
         self.shared.tracker.len()
     }
 
-    /// Completes when intake stops: job sources stop fetching, listeners stop accepting.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe; the returned future owns what it needs.
-    pub fn intake_stopped(&self) -> WaitForCancellationFutureOwned {
-        self.shared.intake.clone().cancelled_owned()
+    /// Intake stops here: job sources stop fetching, listeners stop accepting. Await it, check
+    /// it with [`Milestone::is_reached`], or take a token.
+    pub fn intake_stopped(&self) -> Milestone {
+        Milestone::new(&self.shared.intake)
     }
 
-    /// Whether intake has stopped.
-    pub fn is_intake_stopped(&self) -> bool {
-        self.shared.intake.is_cancelled()
+    /// The drain begins here: long work should checkpoint and wrap up.
+    pub fn draining(&self) -> Milestone {
+        Milestone::new(&self.shared.drain)
     }
 
-    /// Completes when the drain begins: long work should checkpoint and wrap up.
-    pub fn draining(&self) -> WaitForCancellationFutureOwned {
-        self.shared.drain.clone().cancelled_owned()
-    }
-
-    /// Whether the drain has begun.
-    pub fn is_draining(&self) -> bool {
-        self.shared.drain.is_cancelled()
-    }
-
-    /// Completes when remaining work is cancelled (the drain deadline passed, or a second signal
+    /// Remaining work is cancelled here (the drain deadline passed, or a second signal
     /// escalated): hand unfinished work back now.
-    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
-        self.shared.cancel.clone().cancelled_owned()
-    }
-
-    /// Whether remaining work has been cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        self.shared.cancel.is_cancelled()
-    }
-
-    /// A token cancelled when intake stops (a child: cancelling it affects only itself).
-    pub fn intake_token(&self) -> CancellationToken {
-        self.shared.intake.child_token()
-    }
-
-    /// A token cancelled when the drain begins (a child: cancelling it affects only itself).
-    pub fn drain_token(&self) -> CancellationToken {
-        self.shared.drain.child_token()
-    }
-
-    /// A token cancelled when remaining work is cancelled (a child).
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.shared.cancel.child_token()
+    pub fn cancelled(&self) -> Milestone {
+        Milestone::new(&self.shared.cancel)
     }
 
     /// Spawns tracked work: the exit phase waits for it.
@@ -483,7 +449,7 @@ impl LifecycleHandle {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let lifecycle = testing::builder().shutdown_timeout(Duration::from_secs(5)).build().unwrap();
+    /// let lifecycle = testing::builder().budget(Duration::from_secs(5)).build().unwrap();
     /// let handle = lifecycle.handle();
     /// handle.spawn_named("export orders.csv", std::future::pending::<()>());
     /// assert_eq!(handle.snapshot().work[0].name, "export orders.csv");
@@ -569,6 +535,103 @@ impl LifecycleHandle {
         WorkGuard {
             _token: self.shared.tracker.token(),
             _named: Some(self.named(name.into())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A point in the stop: intake stopped, drain begun, or work cancelled. From
+    /// [`LifecycleHandle::intake_stopped`], [`draining`](LifecycleHandle::draining) and
+    /// [`cancelled`](LifecycleHandle::cancelled).
+    ///
+    /// It is a future that completes when the stop reaches its point (pass it wherever a shutdown
+    /// future goes, such as axum's `with_graceful_shutdown`); check it without waiting with
+    /// [`is_reached`](Self::is_reached), or take a [`token`](Self::token).
+    ///
+    /// ```
+    /// use lifecycle_hooks::testing;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let lifecycle = testing::builder().build().unwrap();
+    /// let handle = lifecycle.handle();
+    /// let draining = handle.draining();
+    /// assert!(!draining.is_reached());
+    /// handle.spawn({
+    ///     let draining = draining.clone();
+    ///     async move { draining.await } // finish the current unit of work, then return
+    /// });
+    /// handle.stop();
+    /// assert_eq!(lifecycle.run().await.exit_code(), 0);
+    /// assert!(draining.is_reached());
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it owns what it needs, and dropping it loses nothing.
+    #[derive(Debug)]
+    #[must_use = "a Milestone does nothing unless awaited or checked"]
+    pub struct Milestone {
+        token: CancellationToken,
+        #[pin]
+        wait: WaitForCancellationFutureOwned,
+    }
+}
+
+impl Milestone {
+    fn new(token: &CancellationToken) -> Self {
+        Milestone {
+            token: token.clone(),
+            wait: token.clone().cancelled_owned(),
+        }
+    }
+
+    /// Whether the stop has reached this point.
+    pub fn is_reached(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// A token cancelled at this point: a child, so cancelling it affects only itself.
+    pub fn token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+}
+
+impl Clone for Milestone {
+    fn clone(&self) -> Self {
+        Milestone::new(&self.token)
+    }
+}
+
+impl Future for Milestone {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().wait.poll(cx)
+    }
+}
+
+/// A configuration reload under way, from [`LifecycleHandle::reloading`]: systemd hears
+/// `READY=1` when it is [done](Self::done) or dropped.
+#[derive(Debug)]
+#[must_use = "systemd hears READY=1 when the Reload is done or dropped"]
+pub struct Reload {
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl Reload {
+    /// The reload is over: tells systemd `READY=1`.
+    pub fn done(self) {}
+}
+
+impl Drop for Reload {
+    fn drop(&mut self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.send("READY=1");
         }
     }
 }

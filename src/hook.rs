@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::errors::BoxError;
+use crate::BoxError;
 use crate::handle::LifecycleHandle;
-use crate::outcome::Reason;
+use crate::outcome::{IntoHookResult, Reason};
 use crate::phase::Phase;
 
 /// Something that runs as a hook.
@@ -32,24 +32,6 @@ where
     fn run(&self, ctx: HookContext) -> BoxFuture<'static, Result<(), BoxError>> {
         let fut = self(ctx);
         Box::pin(async move { fut.await.into_hook_result() })
-    }
-}
-
-/// What a hook function may return: `()` or `Result<(), E>` with `E: Into<BoxError>`.
-pub trait IntoHookResult {
-    /// Turns the return value into the hook's result.
-    fn into_hook_result(self) -> Result<(), BoxError>;
-}
-
-impl IntoHookResult for () {
-    fn into_hook_result(self) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
-impl<E: Into<BoxError>> IntoHookResult for Result<(), E> {
-    fn into_hook_result(self) -> Result<(), BoxError> {
-        self.map_err(Into::into)
     }
 }
 
@@ -139,10 +121,12 @@ impl HookSpec {
         self
     }
 
-    /// Marks where the hook was defined (the macros pass `module_path!()::name`).
+    /// Marks where the hook was defined (the macros pass `module_path!()::name`); for the
+    /// macros' generated code, not a public API.
     ///
     /// Two registrations with the same name and the same origin are the same hook, and it runs
     /// once; the same name with different origins is a duplicate and `build()` rejects it.
+    #[doc(hidden)]
     pub fn origin(mut self, origin: &'static str) -> Self {
         self.origin = Some(origin);
         self
@@ -165,7 +149,7 @@ impl HookSpec {
     ///     .on_skipped(|handle| handle.report_lost("3 queued messages"));
     /// let lifecycle = Lifecycle::builder()
     ///     .signals(Signals::none())
-    ///     .shutdown_timeout(Duration::from_secs(1))
+    ///     .budget(Duration::from_secs(1))
     ///     .hook(close)
     ///     // Exit hooks run in reverse registration order: this one first, and it uses the
     ///     // whole budget, so `close` never gets its turn.
@@ -250,52 +234,5 @@ impl HookContext {
     /// The lifecycle this hook belongs to.
     pub fn handle(&self) -> &LifecycleHandle {
         &self.handle
-    }
-}
-
-/// How one hook run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HookResult {
-    /// It returned `Ok(())` or `()`.
-    Ok,
-    /// It returned an error; the message includes the error's sources.
-    Error(String),
-    /// It panicked; the panic message.
-    Panicked(String),
-    /// It ran past its timeout or the budget and was abandoned.
-    TimedOut,
-    /// It never ran: its phase was skipped (escalation, deadline, failed startup).
-    Skipped,
-    /// It was running when a second signal escalated the stop, and was abandoned.
-    Abandoned,
-}
-
-impl HookResult {
-    /// The short word used in events and example output: `ok`, `error`, `panicked`,
-    /// `timed_out`, `skipped` or `abandoned`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            HookResult::Ok => "ok",
-            HookResult::Error(_) => "error",
-            HookResult::Panicked(_) => "panicked",
-            HookResult::TimedOut => "timed_out",
-            HookResult::Skipped => "skipped",
-            HookResult::Abandoned => "abandoned",
-        }
-    }
-
-    /// Whether this result makes the run a failure (error, panic or timeout).
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            HookResult::Error(_) | HookResult::Panicked(_) | HookResult::TimedOut
-        )
-    }
-}
-
-impl fmt::Display for HookResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }

@@ -10,6 +10,7 @@ mod control;
 mod deadline;
 pub mod errors;
 mod event;
+mod fdstore;
 mod graph;
 mod handle;
 mod hook;
@@ -24,14 +25,20 @@ mod runner;
 mod signals;
 pub mod testing;
 
-pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use builder::{Builder, DEFAULT_BUDGET};
 pub use deadline::Deadlines;
-pub use errors::BoxError;
-pub use event::{Event, EventStream, Snapshot, WorkItem};
-pub use handle::{LifecycleHandle, WorkGuard};
-pub use hook::{Hook, HookContext, HookResult, HookSpec, IntoHookResult};
+
+/// The error a hook or a critical task may return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use event::{Event, EventStream, Snapshot};
+pub use fdstore::{FdStore, ListenAddr, Listener};
+pub use handle::{LifecycleHandle, Milestone, Reload, WorkGuard};
+pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
-pub use outcome::{ExitCodes, HookReport, Outcome, PhaseReport, PhaseStatus, Reason};
+pub use outcome::{
+    ExitCodes, HookReport, HookResult, IntoHookResult, Outcome, PhaseReport, PhaseStatus, Reason,
+    WorkItem,
+};
 pub use phase::{Phase, PhaseSpec};
 pub use signals::{Action, Signal, Signals};
 

@@ -95,7 +95,11 @@ impl Lifecycle {
         let shared = &self.handle.shared;
         let mut helpers = Helpers(Vec::new());
         // Dropped (handlers restored) when the run ends or its future is dropped.
-        let _signals = match shared.config.signals.listen(self.handle.clone()) {
+        let deliver = {
+            let handle = self.handle.clone();
+            move |signal| handle.trigger(signal)
+        };
+        let _signals = match shared.config.signals.listen(deliver) {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::error!(target: "lifecycle_hooks", %error, "could not install signal handlers");
@@ -143,7 +147,7 @@ async fn keep_stop_timeout(handle: LifecycleHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let left = deadlines.time_left();
+        let left = deadlines.budget_left();
         if let Some(notifier) = &shared.config.notifier {
             notifier.extend_timeout(left + Duration::from_secs(1));
         }

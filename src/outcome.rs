@@ -4,8 +4,7 @@ use std::fmt;
 use std::process::{ExitCode, Termination};
 use std::time::Duration;
 
-use crate::event::WorkItem;
-use crate::hook::HookResult;
+use crate::BoxError;
 use crate::phase::Phase;
 use crate::signals::Signal;
 
@@ -92,6 +91,82 @@ impl ExitCodes {
             self.stop
         }
     }
+}
+
+/// How one hook run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookResult {
+    /// It returned `Ok(())` or `()`.
+    Ok,
+    /// It returned an error; the message includes the error's sources.
+    Error(String),
+    /// It panicked; the panic message.
+    Panicked(String),
+    /// It ran past its timeout or the budget and was abandoned.
+    TimedOut,
+    /// It never ran: its phase was skipped (escalation, deadline, failed startup).
+    Skipped,
+    /// It was running when a second signal escalated the stop, and was abandoned.
+    Abandoned,
+}
+
+impl HookResult {
+    /// The short word used in events and example output: `ok`, `error`, `panicked`,
+    /// `timed_out`, `skipped` or `abandoned`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HookResult::Ok => "ok",
+            HookResult::Error(_) => "error",
+            HookResult::Panicked(_) => "panicked",
+            HookResult::TimedOut => "timed_out",
+            HookResult::Skipped => "skipped",
+            HookResult::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether this result makes the run a failure (error, panic or timeout).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            HookResult::Error(_) | HookResult::Panicked(_) | HookResult::TimedOut
+        )
+    }
+}
+
+impl fmt::Display for HookResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a hook function may return: `()` or `Result<(), E>` with `E: Into<BoxError>`.
+pub trait IntoHookResult {
+    /// Turns the return value into the hook's result.
+    fn into_hook_result(self) -> Result<(), BoxError>;
+}
+
+impl IntoHookResult for () {
+    fn into_hook_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> IntoHookResult for Result<(), E> {
+    fn into_hook_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// One named item of tracked work: what it is, when it began, how long it has run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkItem {
+    /// Its name, as given to `spawn_named` or `work_guard_named`.
+    pub name: String,
+    /// The phase the lifecycle was in when the work began.
+    pub phase: Phase,
+    /// How long it had run when this was taken.
+    pub age: Duration,
 }
 
 /// How a phase went.

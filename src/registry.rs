@@ -5,9 +5,10 @@
 //! `Registration` to it, and the linker gathers them into one array. Nothing runs before
 //! `main`, and reading the list is reading a `&'static [Registration]`.
 
+use crate::BoxError;
 use crate::builder::Builder;
-use crate::errors::BoxError;
-use crate::hook::{HookSpec, IntoHookResult};
+use crate::hook::HookSpec;
+use crate::outcome::IntoHookResult;
 
 /// Every hook declared with an attribute macro (and not `global = false`) in the crates linked
 /// into the binary, in link order.

@@ -9,8 +9,6 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use signal_hook::consts::signal as sig;
 
-use crate::handle::LifecycleHandle;
-
 /// A Unix signal the lifecycle can react to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -177,10 +175,13 @@ impl Signals {
         self.listen
     }
 
-    /// Installs the OS handlers and returns the listener that delivers each signal to
-    /// `handle`; dropping it removes the handlers and gives the signals their default action
-    /// back (unless another lifecycle of this process still listens).
-    pub(crate) fn listen(&self, handle: LifecycleHandle) -> std::io::Result<Option<Listener>> {
+    /// Installs the OS handlers and returns the listener that calls `deliver` with each signal;
+    /// dropping it removes the handlers and gives the signals their default action back (unless
+    /// another lifecycle of this process still listens).
+    pub(crate) fn listen(
+        &self,
+        deliver: impl Fn(Signal) + Send + 'static,
+    ) -> std::io::Result<Option<Listener>> {
         if !self.listen || self.map.is_empty() {
             return Ok(None);
         }
@@ -191,7 +192,7 @@ impl Signals {
         let task = tokio::spawn(async move {
             while let Some(number) = stream.next().await {
                 if let Some(signal) = Signal::from_number(number) {
-                    handle.trigger(signal);
+                    deliver(signal);
                 }
             }
         });

@@ -8,8 +8,7 @@ use tokio::time::Instant;
 
 use super::Runner;
 use crate::event::Event;
-use crate::hook::HookResult;
-use crate::outcome::{HookReport, Outcome, PhaseReport, PhaseStatus, Reason};
+use crate::outcome::{HookReport, HookResult, Outcome, PhaseReport, PhaseStatus, Reason};
 use crate::phase::Phase;
 use crate::plan::PlannedHook;
 use crate::signals::Signal;
@@ -149,6 +148,10 @@ impl Runner<'_> {
             panicked_work,
             elapsed_ms = stop_elapsed.as_millis() as u64,
             "lifecycle finished"
+        );
+        crate::fdstore::release_stored(
+            self.handle,
+            reason == Reason::Restart && immediate.is_none(),
         );
         shared.events.emit(Event::Finished { reason, exit_code });
         // The run is over: streams end (readers see `None`), later subscribers get an ended one.

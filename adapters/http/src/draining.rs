@@ -6,8 +6,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use http::StatusCode;
 use http::request::Parts;
-use lifecycle_hooks::LifecycleHandle;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use lifecycle_hooks::{LifecycleHandle, Milestone};
 
 use crate::connection::ConnShared;
 
@@ -41,8 +40,8 @@ pub struct Draining {
 impl fmt::Debug for Draining {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Draining")
-            .field("draining", &self.is_draining())
-            .field("cancelled", &self.is_cancelled())
+            .field("draining", &self.draining().is_reached())
+            .field("cancelled", &self.cancelled().is_reached())
             .finish()
     }
 }
@@ -52,33 +51,24 @@ impl Draining {
         Draining { conn }
     }
 
-    /// Completes when the drain begins (right after intake stops): end long responses now.
+    /// The drain: reached right after intake stops. Await it to end long responses; ask
+    /// [`Milestone::is_reached`] to check without waiting.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe; the future owns what it needs.
-    pub fn draining(&self) -> WaitForCancellationFutureOwned {
+    pub fn draining(&self) -> Milestone {
         self.handle().draining()
     }
 
-    /// Whether the drain has begun.
-    pub fn is_draining(&self) -> bool {
-        self.handle().is_draining()
-    }
-
-    /// Completes at the drain deadline (or when a second signal escalates): answer at once.
-    /// Whatever is still running when the exit phase begins is cut by the server.
+    /// The drain deadline (or a second signal escalating): answer at once. Whatever is still
+    /// running when the exit phase begins is cut by the server.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe; the future owns what it needs.
-    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
+    pub fn cancelled(&self) -> Milestone {
         self.handle().cancelled()
-    }
-
-    /// Whether the drain deadline has passed.
-    pub fn is_cancelled(&self) -> bool {
-        self.handle().is_cancelled()
     }
 
     /// The lifecycle the request is served under.

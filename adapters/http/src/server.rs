@@ -426,7 +426,7 @@ impl Inner {
             .expect("`started` lets the start hook through once");
         let handle = ctx.handle().clone();
         let bound = Bound {
-            halt: handle.intake_token(),
+            halt: handle.intake_stopped().token(),
             handle,
         };
         if self.shared.bound.set(bound).is_err() {
@@ -468,7 +468,7 @@ impl Inner {
         // nothing they hold can finish. A request that began after the wait phase ended (a
         // client reusing its connection just then) is not cut yet: it is answered with
         // `Connection: close` within the grace below.
-        let deadline_passed = ctx.handle().is_cancelled();
+        let deadline_passed = ctx.handle().cancelled().is_reached();
         let mut cut = shared.cut(|conn| {
             if conn.in_flight() > 0 {
                 deadline_passed

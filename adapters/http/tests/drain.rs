@@ -79,7 +79,7 @@ fn app(gate: Gate) -> Router {
         .route("/stream", get(endless))
         .route(
             "/draining",
-            get(|draining: Draining| async move { format!("{}\n", draining.is_draining()) }),
+            get(|draining: Draining| async move { format!("{}\n", draining.draining().is_reached()) }),
         )
 }
 
@@ -106,9 +106,7 @@ where
     let server = HttpServer::builder(listener, app(gate))
         .readiness_route("/ready")
         .build();
-    let mut builder = testing::builder()
-        .shutdown_timeout(budget)
-        .hooks(server.hooks());
+    let mut builder = testing::builder().budget(budget).hooks(server.hooks());
     if let Some(delay) = propagation {
         builder = builder.propagation_delay(delay);
     }
@@ -468,7 +466,7 @@ async fn readiness_turns_503_while_the_listener_still_accepts() {
         (response.status(), body.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
     );
-    assert!(!running.handle.is_intake_stopped());
+    assert!(!running.handle.intake_stopped().is_reached());
     // Requests other than the probe are still served, and see no drain yet.
     let (_, body) = fresh.get("/draining").await.unwrap();
     assert_eq!(body, "false\n");

@@ -91,8 +91,9 @@ impl ProducerContext for DeliveryContext {
                 (Report::Failed { purged }, Err(error))
             }
         };
-        // The sender may have stopped waiting (its future was dropped): the report still counts.
-        pending.complete(reply);
+        // Counted first, so a sender that sees its result also sees it in the counters. The
+        // sender may have stopped waiting (its future was dropped): the report still counts.
         self.shared.record_report(report);
+        pending.complete(reply);
     }
 }

@@ -64,26 +64,50 @@ impl SendError {
     }
 }
 
-/// The flush at close did not deliver everything in time.
+/// The flush at close did not deliver everything.
 ///
-/// The messages still queued were purged: their senders got [`SendError::Purged`], and the count
-/// is reported here, in the close hook's error and in the lifecycle's
+/// The messages still queued when the time was up were purged (their senders got
+/// [`SendError::Purged`]); messages whose delivery failed during the flush (their senders got
+/// [`SendError::Delivery`], if any still listened) are counted too. The count is reported here,
+/// in the close hook's error and in the lifecycle's
 /// [`Outcome::lost`](lifecycle_hooks::Outcome::lost).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CloseError {
-    /// Some messages were not delivered within the flush timeout and were purged.
+    /// Some messages were not delivered by the close: purged when the flush ran out of time, or
+    /// failed during it.
     #[error(
         "{undelivered} Kafka message(s) were still undelivered after flushing for {flushed_for:?}; \
-         they were purged (is the broker reachable? give the exit phase more time with \
-         `Builder::exit_reserve`)"
+         they were purged or failed (is the broker reachable? give the exit phase more time \
+         with `Builder::exit_reserve`)"
     )]
     Undelivered {
-        /// How many messages were purged (or had no delivery report when the close ended).
+        /// How many messages were purged or failed during the close (or had no delivery report
+        /// when it ended).
         undelivered: u64,
         /// How long the flush waited before purging.
         flushed_for: Duration,
     },
+}
+
+/// No broker answered at startup: the startup check of [`Producer::hooks`](crate::Producer::hooks)
+/// (or [`Producer::connect`](crate::Producer::connect)) failed, so the service does not report
+/// ready.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kafka broker of `{bootstrap_servers}` answered a metadata request within {timeout:?}; \
+     is it up and reachable from here? (turn this startup check off with \
+     `ProducerBuilder::connect_on_startup(false)`)"
+)]
+#[non_exhaustive]
+pub struct ConnectError {
+    /// The producer's `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// How long the check waited.
+    pub timeout: Duration,
+    /// The error from librdkafka.
+    #[source]
+    pub source: KafkaError,
 }
 
 /// The producer could not be built.
@@ -122,4 +146,10 @@ pub enum BuildError {
         /// The phase that was asked for.
         phase: String,
     },
+    /// The startup check was given no time: no broker can answer within zero.
+    #[error(
+        "`connect_timeout` is zero, so the startup check could never pass; give it a few \
+         seconds, or turn the check off with `connect_on_startup(false)`"
+    )]
+    ConnectTimeout,
 }

@@ -1,5 +1,5 @@
 //! An rdkafka producer bound to a [`lifecycle_hooks`] graph: open while work drains, flushed and
-//! closed in `exit`. Start at [`Producer`]; bind it with [`Producer::hook`].
+//! closed in `exit`. Start at [`Producer`]; bind it with [`Producer::hooks`].
 //!
 //! Closing a producer in `shutdown` makes every job that still publishes fail with
 //! [`ProducerClosed`]; the `exit` phase runs only after all work has
@@ -14,10 +14,10 @@ mod state;
 
 pub use cluster::MockCluster;
 pub use delivery::{Delivery, DeliveryFuture};
-pub use errors::{CloseError, ProducerClosed, SendError};
+pub use errors::{CloseError, ConnectError, ProducerClosed, SendError};
 pub use producer::{
-    CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_HOOK_NAME, DEFAULT_QUEUE_TIMEOUT, Producer,
-    ProducerBuilder,
+    CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_HOOK_NAME, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HOOK_NAME, DEFAULT_QUEUE_TIMEOUT, Producer, ProducerBuilder,
 };
 pub use state::ProducerStats;
 

@@ -186,6 +186,12 @@ impl Shared {
         }
     }
 
+    /// Messages that failed so far, purged ones included.
+    pub(crate) fn failed(&self) -> u64 {
+        // Relaxed: callers load the state first (invariant 4).
+        self.reports.failed.load(Ordering::Relaxed)
+    }
+
     /// Messages purged at close so far.
     pub(crate) fn purged(&self) -> u64 {
         // Relaxed: callers load the state first (invariant 4).

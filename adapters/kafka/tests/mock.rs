@@ -45,6 +45,11 @@ async fn sends_racing_the_close() {
     scenarios::sends_racing_the_close(Broker::mock()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_passes() {
+    scenarios::startup_check_passes(Broker::mock()).await;
+}
+
 /// Without bootstrap servers the producer brings its own mock cluster, and it stays up until
 /// the producer is dropped, so the messages can be read back after the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

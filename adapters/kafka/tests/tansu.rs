@@ -36,3 +36,13 @@ async fn close_twice_is_fine() {
 async fn sends_racing_the_close() {
     scenarios::sends_racing_the_close(Broker::tansu().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_passes() {
+    scenarios::startup_check_passes(Broker::tansu().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_close_reports_what_it_purges() {
+    scenarios::skipped_close_reports_what_it_purges(Broker::tansu().await).await;
+}

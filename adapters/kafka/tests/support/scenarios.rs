@@ -21,7 +21,7 @@ pub(crate) async fn drain_sends_are_delivered(broker: Broker) {
     let producer = broker.producer().build().expect("a producer");
     let recorder = Recorder::new();
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(30))
+        .budget(Duration::from_secs(30))
         .hook(producer.hook())
         .observe(recorder.observer())
         .build()
@@ -205,7 +205,7 @@ pub(crate) async fn broker_down_at_exit_is_bounded_and_reported(mut broker: Brok
 
     let budget = Duration::from_secs(3);
     let lifecycle = testing::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .exit_reserve(Duration::from_secs(2))
         .hook(producer.hook())
         .build()
@@ -410,4 +410,83 @@ pub(crate) async fn sends_racing_the_close(broker: Broker) {
 
     let read = read_back(&broker.bootstrap_servers(), &topic, 2).await;
     assert_eq!(read, sorted(delivered));
+}
+
+/// The startup check from `Producer::hooks` passes against a reachable broker, quickly, before
+/// the service reports ready; the close follows in `exit`.
+pub(crate) async fn startup_check_passes(broker: Broker) {
+    let producer = broker.producer().build().expect("a producer");
+    let recorder = Recorder::new();
+    let lifecycle = testing::builder()
+        .hooks(producer.hooks())
+        .observe(recorder.observer())
+        .build()
+        .expect("a valid graph");
+    testing::stop_when_ready(&lifecycle.handle());
+    let outcome = lifecycle.run().await;
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    let check = outcome.hook("connect_producer").expect("it ran");
+    assert_eq!(check.result, HookResult::Ok);
+    assert!(
+        check.elapsed < Duration::from_secs(2),
+        "{:?}",
+        check.elapsed
+    );
+    assert!(
+        recorder.before("hook startup connect_producer ok", "ready"),
+        "{:?}",
+        recorder.trace()
+    );
+    assert!(recorder.before("ready", "hook exit close_producer ok"));
+}
+
+/// The broker is gone and an exit hook that runs before the close uses the budget up: the close
+/// is skipped, and what it leaves queued is purged at once, counted and reported lost.
+pub(crate) async fn skipped_close_reports_what_it_purges(mut broker: Broker) {
+    let topic = broker.topic("skipped", 1).await;
+    let producer = broker.producer().build().expect("a producer");
+    let record = FutureRecord::<str, str>::to(&topic).payload("warm-up");
+    producer
+        .send(record)
+        .await
+        .expect("the warm-up message is delivered");
+    broker.take_down();
+    let deliveries: Vec<_> = (0..4)
+        .map(|i| {
+            let payload = format!("stranded-{i}");
+            let record = FutureRecord::<str, str>::to(&topic).payload(&payload);
+            producer.try_send(record).expect("queued")
+        })
+        .collect();
+    let lifecycle = testing::builder()
+        .budget(Duration::from_millis(600))
+        .exit_reserve(Duration::from_millis(500))
+        .hook(producer.hook())
+        // Exit hooks run in reverse registration order: this one first, and it never ends.
+        .on_exit("slow", |_ctx| std::future::pending::<()>())
+        .build()
+        .expect("a valid graph");
+    lifecycle.handle().stop();
+    let outcome = lifecycle.run().await;
+
+    assert_eq!(outcome.exit_code(), 1, "{outcome}");
+    assert_eq!(
+        outcome.hook("close_producer").map(|h| &h.result),
+        Some(&HookResult::Skipped)
+    );
+    assert_eq!(outcome.lost().len(), 1, "{:?}", outcome.lost());
+    assert!(
+        outcome.lost()[0].contains("4 Kafka message(s) purged undelivered"),
+        "{:?}",
+        outcome.lost()
+    );
+    for delivery in deliveries {
+        let result = delivery.await;
+        assert!(
+            matches!(result, Err(SendError::Purged { .. })),
+            "{result:?}"
+        );
+    }
+    let stats = producer.stats();
+    assert_eq!((stats.purged, stats.in_flight), (4, 0), "{stats:?}");
 }
