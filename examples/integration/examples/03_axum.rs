@@ -1,11 +1,15 @@
-//! An axum server under the lifecycle: `/ready` answers 503 from the moment the stop begins,
-//! the listener stops accepting when intake stops (after `--propagation-ms`, so a load balancer
-//! that polls `/ready` has time to take this instance out of rotation), and every request counts
-//! as in-flight work until its handler returns, so the exit phase begins only after the last
-//! response.
+//! An axum server under the lifecycle, through the HTTP adapter (`lifecycle-hooks-http`):
+//! `/ready` answers 503 from the moment the stop begins, the listener stops accepting when intake
+//! stops (after `--propagation-ms`, so a load balancer that polls `/ready` has time to take this
+//! instance out of rotation), idle keep-alive connections close at once, and every request counts
+//! as in-flight work until its response has been sent, so the exit phase begins only after the
+//! last response. A connection is not work: an idle client, or one that sent half a request, does
+//! not hold the stop.
 //!
-//! Endpoints: `GET /ready` (200 `ready`, or 503 `stopping`) and `GET /work?ms=N` (answers 200
-//! after N ms, or 503 if the drain deadline cancels it first).
+//! Endpoints: `GET /ready` (200 `ready`, or 503 `stopping`), `GET /work?ms=N` (answers 200 after
+//! N ms, or 503 if the drain deadline cancels it first), `GET /events` (server-sent events: one
+//! `data: tick N` every 100 ms, ending cleanly when the service drains) and `GET /ws` (a
+//! WebSocket echo that closes with code 1001, "going away", when the service drains).
 //!
 //! It prints on stdout, for the process tests:
 //!
@@ -16,25 +20,31 @@
 //! work started ms=250
 //! phase stop_intake
 //! ...
+//! http completed=12 cut=0 aborted=0
 //! summary reason=stop exit_code=0 forced=false
 //! ```
 //!
 //! Try: `cargo run --example 03_axum -- --port 8080 --propagation-ms 2000`, then
-//! `curl -i localhost:8080/ready`, `curl 'localhost:8080/work?ms=5000' &` and `kill -TERM <pid>`.
+//! `curl -i localhost:8080/ready`, `curl 'localhost:8080/work?ms=5000' &`,
+//! `curl -N localhost:8080/events &` and `kill -TERM <pid>`.
 //! Flags: `--port N` (default 0: any free port), `--propagation-ms N` (default 0),
 //! `--shutdown-timeout-ms N` (default 25000). It listens on 127.0.0.1 only.
 
+use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::RawQuery;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::get;
-use lifecycle_hooks::{Event, Lifecycle, LifecycleHandle, Outcome};
+use futures::stream::{self, Stream, StreamExt};
+use lifecycle_hooks::{Event, Lifecycle, Outcome};
+use lifecycle_hooks_http::{Draining, HttpServer};
 
 /// Prints one line and flushes it, so a reader sees it at once.
 fn say(line: std::fmt::Arguments<'_>) {
@@ -53,34 +63,9 @@ fn flag(args: &[String], name: &str, default: u64) -> u64 {
     }
 }
 
-/// Counts each request as one in-flight work item until its handler has produced the response.
-///
-/// The response body is streamed after this returns; the server task itself is tracked too (see
-/// `main`), so the lifecycle also waits for bodies still being written.
-async fn track_request(
-    State(handle): State<LifecycleHandle>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let _in_flight = handle.work_guard();
-    next.run(request).await
-}
-
-/// 200 while the lifecycle is running, 503 from the stop on (and during startup).
-async fn ready(State(handle): State<LifecycleHandle>) -> (StatusCode, &'static str) {
-    if handle.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-    }
-}
-
 /// Takes `ms` milliseconds, unless the drain deadline passes first: then it answers 503 at once
 /// so the client can retry elsewhere, and the lifecycle does not wait for it any longer.
-async fn work(
-    State(handle): State<LifecycleHandle>,
-    RawQuery(query): RawQuery,
-) -> (StatusCode, String) {
+async fn work(draining: Draining, RawQuery(query): RawQuery) -> (StatusCode, String) {
     let Some(ms) = query.as_deref().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix("ms="))
@@ -93,8 +78,69 @@ async fn work(
         () = tokio::time::sleep(Duration::from_millis(ms)) => {
             (StatusCode::OK, format!("worked {ms} ms\n"))
         }
-        () = handle.cancelled() => {
+        () = draining.cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "cancelled at the drain deadline\n".into())
+        }
+    }
+}
+
+/// One `data: tick N` event every 100 ms (the first at once), until the service drains: then the
+/// stream ends and the response with it, so the client sees a clean end, not a cut.
+async fn events(draining: Draining) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks = stream::unfold((every, 0_u64), |(mut every, n)| async move {
+        every.tick().await;
+        let event = SseEvent::default().data(format!("tick {n}"));
+        Some((Ok(event), (every, n + 1)))
+    });
+    Sse::new(ticks.take_until(draining.draining()))
+}
+
+/// A WebSocket echo: text and binary messages come back as they are. When the service drains it
+/// sends a close frame with code 1001 ("going away") and waits for the client's close reply,
+/// until the drain deadline at most.
+async fn ws(upgrade: WebSocketUpgrade, draining: Draining) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, draining))
+}
+
+async fn echo(mut socket: WebSocket, draining: Draining) {
+    let mut drain = std::pin::pin!(draining.draining());
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = &mut drain => break,
+            message = socket.recv() => message,
+        };
+        match message {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                if socket.send(message).await.is_err() {
+                    return;
+                }
+            }
+            // The client closed (axum answers its close frame), or the connection failed.
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            Some(Ok(_)) => {} // ping and pong: axum answers pings itself
+        }
+    }
+    let going_away = Message::Close(Some(CloseFrame {
+        code: close_code::AWAY,
+        reason: "going away".into(),
+    }));
+    if socket.send(going_away).await.is_err() {
+        return;
+    }
+    // The closing handshake: read until the client's close frame (or the end), bounded by the
+    // drain deadline.
+    let mut cancelled = std::pin::pin!(draining.cancelled());
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut cancelled => return,
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
         }
     }
 }
@@ -122,9 +168,22 @@ async fn main() -> Outcome {
         .local_addr()
         .expect("a bound listener has an address");
 
+    let app = Router::new()
+        .route("/work", get(work))
+        .route("/events", get(events))
+        .route("/ws", get(ws));
+    // The adapter answers `/ready` itself, closes the listener when intake stops (after the
+    // propagation delay), counts each request as work until its response is sent, and cuts
+    // what is still running when the exit phase begins. Its hooks are `http:start`,
+    // `http:stop_accepting` and `http:close`.
+    let server = HttpServer::builder(listener, app)
+        .readiness_route("/ready")
+        .build();
+
     let lifecycle = Lifecycle::builder()
         .budget(budget)
         .propagation_delay(propagation)
+        .hooks(server.hooks())
         .observe(move |event| match event {
             Event::PhaseStarted { phase } => say(format_args!("phase {phase}")),
             Event::Ready => say(format_args!("ready pid={} addr={addr}", std::process::id())),
@@ -132,24 +191,13 @@ async fn main() -> Outcome {
         })
         .build()
         .expect("a valid lifecycle graph");
-    let handle = lifecycle.handle();
-
-    let app = Router::new()
-        .route("/ready", get(ready))
-        .route("/work", get(work))
-        .layer(middleware::from_fn_with_state(
-            handle.clone(),
-            track_request,
-        ))
-        .with_state(handle.clone());
-    // Graceful shutdown at stop_intake: the listener closes, requests in flight finish, idle
-    // keep-alive connections close. The server task is tracked work itself: `serve` returns only
-    // once every connection has closed, and the wait phase waits for that. It is critical: if
-    // serving fails, the service stops with exit status 1.
-    let server = axum::serve(listener, app).with_graceful_shutdown(handle.intake_stopped());
-    handle.spawn_critical("http server", async move { server.await });
 
     let outcome = lifecycle.run().await;
+    let served = server.counters();
+    say(format_args!(
+        "http completed={} cut={} aborted={}",
+        served.completed, served.cut, served.aborted
+    ));
     say(format_args!(
         "summary reason={} exit_code={} forced={}",
         outcome.reason(),
