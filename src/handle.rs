@@ -1,7 +1,6 @@
 //! The cloneable handle to a lifecycle. See [`LifecycleHandle`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
@@ -16,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
@@ -25,10 +24,12 @@ use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{chain, panic_message};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
+use crate::milestone::{Milestone, Reload};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
+use crate::work::{NamedKey, WorkRegistry};
 
 /// Settings fixed at build time.
 #[derive(Debug)]
@@ -65,9 +66,9 @@ pub(crate) struct Shared {
     /// read (Acquire) once all work has ended or been given up.
     pub(crate) panicked_work: Arc<AtomicUsize>,
     /// Named work in flight, for the stuck-work report.
-    pub(crate) work: WorkRegistry,
+    pub(crate) work: Arc<WorkRegistry>,
     /// Names this process put in systemd's fd store, removed again on a final stop.
-    pub(crate) stored: crate::fdstore::Stored,
+    pub(crate) stored: Arc<crate::fdstore::Stored>,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -100,64 +101,6 @@ impl Shared {
         // Release: a spawn that reads the flag (Acquire) sees everything before the cancel.
         self.cancel_fired.store(true, Ordering::Release);
         self.cancel_wake.notify_waiters();
-    }
-}
-
-/// Named work in flight: name, phase and start of each item, by a key its guard removes.
-#[derive(Debug, Default)]
-pub(crate) struct WorkRegistry {
-    /// Locked briefly to add, remove or copy; never across an await or another lock.
-    items: Mutex<(u64, HashMap<u64, Named>)>,
-}
-
-/// One named item: its name, the phase it began in, and when.
-type Named = (Cow<'static, str>, Phase, Instant);
-
-impl WorkRegistry {
-    fn add(&self, name: Cow<'static, str>, phase: Phase) -> u64 {
-        let mut items = self.items.lock();
-        let key = items.0;
-        items.0 += 1;
-        items.1.insert(key, (name, phase, Instant::now()));
-        key
-    }
-
-    fn remove(&self, key: u64) {
-        self.items.lock().1.remove(&key);
-    }
-
-    /// Every item now, oldest first.
-    pub(crate) fn snapshot(&self) -> Vec<WorkItem> {
-        let now = Instant::now();
-        let mut items: Vec<(u64, WorkItem)> = self
-            .items
-            .lock()
-            .1
-            .iter()
-            .map(|(key, (name, phase, started))| {
-                let item = WorkItem {
-                    name: name.to_string(),
-                    phase: phase.clone(),
-                    age: now.saturating_duration_since(*started),
-                };
-                (*key, item)
-            })
-            .collect();
-        items.sort_by_key(|(key, _)| *key);
-        items.into_iter().map(|(_, item)| item).collect()
-    }
-}
-
-/// Removes a named work item from the registry when dropped.
-#[derive(Debug)]
-struct NamedKey {
-    shared: Arc<Shared>,
-    key: u64,
-}
-
-impl Drop for NamedKey {
-    fn drop(&mut self) {
-        self.shared.work.remove(self.key);
     }
 }
 
@@ -387,7 +330,10 @@ impl LifecycleHandle {
     /// Named listeners and state blobs kept in systemd's file-descriptor store across a restart;
     /// see [`FdStore`](crate::FdStore).
     pub fn fd_store(&self) -> crate::FdStore {
-        crate::fdstore::FdStore::new(self.clone())
+        crate::fdstore::FdStore::new(
+            self.shared.config.notifier.clone(),
+            Arc::clone(&self.shared.stored),
+        )
     }
 
     /// Tracked work in flight: spawned tasks, tracked futures and guards.
@@ -484,7 +430,7 @@ impl LifecycleHandle {
         let phase = self.phase();
         NamedKey {
             key: self.shared.work.add(name, phase),
-            shared: Arc::clone(&self.shared),
+            registry: Arc::clone(&self.shared.work),
         }
     }
 
@@ -535,103 +481,6 @@ impl LifecycleHandle {
         WorkGuard {
             _token: self.shared.tracker.token(),
             _named: Some(self.named(name.into())),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A point in the stop: intake stopped, drain begun, or work cancelled. From
-    /// [`LifecycleHandle::intake_stopped`], [`draining`](LifecycleHandle::draining) and
-    /// [`cancelled`](LifecycleHandle::cancelled).
-    ///
-    /// It is a future that completes when the stop reaches its point (pass it wherever a shutdown
-    /// future goes, such as axum's `with_graceful_shutdown`); check it without waiting with
-    /// [`is_reached`](Self::is_reached), or take a [`token`](Self::token).
-    ///
-    /// ```
-    /// use lifecycle_hooks::testing;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let lifecycle = testing::builder().build().unwrap();
-    /// let handle = lifecycle.handle();
-    /// let draining = handle.draining();
-    /// assert!(!draining.is_reached());
-    /// handle.spawn({
-    ///     let draining = draining.clone();
-    ///     async move { draining.await } // finish the current unit of work, then return
-    /// });
-    /// handle.stop();
-    /// assert_eq!(lifecycle.run().await.exit_code(), 0);
-    /// assert!(draining.is_reached());
-    /// # }
-    /// ```
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it owns what it needs, and dropping it loses nothing.
-    #[derive(Debug)]
-    #[must_use = "a Milestone does nothing unless awaited or checked"]
-    pub struct Milestone {
-        token: CancellationToken,
-        #[pin]
-        wait: WaitForCancellationFutureOwned,
-    }
-}
-
-impl Milestone {
-    fn new(token: &CancellationToken) -> Self {
-        Milestone {
-            token: token.clone(),
-            wait: token.clone().cancelled_owned(),
-        }
-    }
-
-    /// Whether the stop has reached this point.
-    pub fn is_reached(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// A token cancelled at this point: a child, so cancelling it affects only itself.
-    pub fn token(&self) -> CancellationToken {
-        self.token.child_token()
-    }
-}
-
-impl Clone for Milestone {
-    fn clone(&self) -> Self {
-        Milestone::new(&self.token)
-    }
-}
-
-impl Future for Milestone {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.project().wait.poll(cx)
-    }
-}
-
-/// A configuration reload under way, from [`LifecycleHandle::reloading`]: systemd hears
-/// `READY=1` when it is [done](Self::done) or dropped.
-#[derive(Debug)]
-#[must_use = "systemd hears READY=1 when the Reload is done or dropped"]
-pub struct Reload {
-    notifier: Option<Arc<Notifier>>,
-}
-
-impl Reload {
-    /// The reload is over: tells systemd `READY=1`.
-    pub fn done(self) {}
-}
-
-impl Drop for Reload {
-    fn drop(&mut self) {
-        if let Some(notifier) = &self.notifier {
-            notifier.send("READY=1");
         }
     }
 }

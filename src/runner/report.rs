@@ -150,7 +150,8 @@ impl Runner<'_> {
             "lifecycle finished"
         );
         crate::fdstore::release_stored(
-            self.handle,
+            shared.config.notifier.as_ref(),
+            &shared.stored,
             reason == Reason::Restart && immediate.is_none(),
         );
         shared.events.emit(Event::Finished { reason, exit_code });
