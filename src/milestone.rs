@@ -9,8 +9,9 @@ use crate::notify::Notifier;
 
 pin_project_lite::pin_project! {
     /// A point in the stop: intake stopped, drain begun, or work cancelled. From
-    /// [`LifecycleHandle::intake_stopped`], [`draining`](LifecycleHandle::draining) and
-    /// [`cancelled`](LifecycleHandle::cancelled).
+    /// [`LifecycleHandle::intake_stopped`](crate::LifecycleHandle::intake_stopped),
+    /// [`draining`](crate::LifecycleHandle::draining) and
+    /// [`cancelled`](crate::LifecycleHandle::cancelled).
     ///
     /// It is a future that completes when the stop reaches its point (pass it wherever a shutdown
     /// future goes, such as axum's `with_graceful_shutdown`); check it without waiting with
@@ -83,8 +84,9 @@ impl Future for Milestone {
     }
 }
 
-/// A configuration reload under way, from [`LifecycleHandle::reloading`]: systemd hears
-/// `READY=1` when it is [done](Self::done) or dropped.
+/// A configuration reload under way, from
+/// [`LifecycleHandle::reloading`](crate::LifecycleHandle::reloading): systemd hears `READY=1`
+/// when it is [done](Self::done) or dropped.
 #[derive(Debug)]
 #[must_use = "systemd hears READY=1 when the Reload is done or dropped"]
 pub struct Reload {
