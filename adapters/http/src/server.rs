@@ -340,8 +340,9 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Cancelled once the accept loop has dropped the listener.
     listener_closed: CancellationToken,
-    /// Set (Release) once the halt fired, by the stop hook or the accept loop: read (Acquire)
-    /// for every response, where the halt token's own check would take its lock.
+    /// Set (Release) once the halt fired and the listener is dropped (by the accept loop, or the
+    /// exit hook): read (Acquire) for every response, where the halt token's own check would
+    /// take its lock.
     halted: AtomicBool,
 }
 
@@ -379,10 +380,13 @@ impl Shared {
 
     /// Sets the halt flag, then wakes every connection's task to see it.
     fn set_halted(&self) {
-        // Release: a task woken below (or polled later) reads the flag with Acquire.
-        self.halted.store(true, Ordering::Release);
+        // Release: a task woken below (or polled later) reads the flag with Acquire. Once only:
+        // the grace guards are taken at the first halt.
+        if self.halted.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for conn in self.connections.lock().values() {
-            conn.wake();
+            conn.halt();
         }
     }
 
@@ -441,7 +445,6 @@ impl Inner {
         let Some(bound) = self.shared.bound.get() else {
             return;
         };
-        self.shared.set_halted();
         bound.halt.cancel();
         // Returns once new connections are refused, so the phases after it can rely on that.
         self.shared.listener_closed.cancelled().await;
@@ -555,8 +558,11 @@ where
             .tasks
             .spawn(serve_connection(builder.clone(), io, conn, service));
     }
-    shared.set_halted();
+    // The listener first: once a response says `Connection: close`, the client's next
+    // connection must be refused, not left in the accept backlog to be reset when the listener
+    // is dropped.
     drop(listener);
+    shared.set_halted();
     shared.listener_closed.cancel();
     tracing::debug!(server = %shared.name, "listener dropped");
 }
