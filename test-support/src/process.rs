@@ -17,18 +17,27 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// The binary of `example`, built once per test run (a no-op when `cargo test --all-targets`
 /// already built it; a narrower `cargo test --test x` would otherwise run a stale one).
 ///
-/// The example belongs to the package whose tests are running (`CARGO_MANIFEST_DIR`, which
-/// cargo sets for every test process).
+/// The example may belong to any package of the workspace of the tests that are running
+/// (found from `CARGO_MANIFEST_DIR`, which cargo sets for every test process).
 pub fn example_binary(example: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let mut built = BUILT.lock().unwrap();
+    // A test that failed while holding the lock leaves the list as good as it was.
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !built.iter().any(|e| e == example) {
         let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
             .expect("CARGO_MANIFEST_DIR: run the tests with cargo");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--example", example, "--manifest-path"])
+            .args([
+                "build",
+                "--workspace",
+                "--example",
+                example,
+                "--manifest-path",
+            ])
             .arg(Path::new(&manifest).join("Cargo.toml"))
             .status()
             .unwrap();

@@ -792,7 +792,7 @@ async fn a_second_signal_cancels_and_requeues_at_once() {
     // 25 s budget): wait for the drain's progress report with 19 s left.
     loop {
         match events.next().await.expect("the run goes on") {
-            Event::Draining { time_left, .. } if time_left <= Duration::from_secs(19) => break,
+            Event::Draining { drain_left, .. } if drain_left <= Duration::from_secs(19) => break,
             _ => {}
         }
     }
@@ -987,7 +987,7 @@ async fn close_skipped(hand_back_in_exit: bool) -> (Outcome, JobPool<TestSource>
             }
         });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(5))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())
@@ -1113,7 +1113,7 @@ async fn point_of_no_return(
         }
     });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(4))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())

@@ -15,7 +15,9 @@
 //! to a requeued one. Flags: `--concurrency N` (8), `--job-ms N` (50), `--close-producer-on exit|shutdown`,
 //! `--shutdown-timeout-ms N` (25000), `--brokers LIST`, `--topic NAME` (`jobs`),
 //! `--redis URL` with `--queue NAME` (`jobs`), `--enqueue N` (push N jobs `job-0..` first),
-//! `--http-port N` (serve `/ready` for a Kubernetes readiness probe).
+//! `--http-port N` (serve `/ready` for a Kubernetes readiness probe), `--connect-timeout-ms N`
+//! (5000: startup checks that a broker answers within it before the service reports ready; 0
+//! turns the check off).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -43,6 +45,7 @@ struct Options {
     queue: String,
     enqueue: usize,
     http_port: Option<u16>,
+    connect_timeout: Duration,
 }
 
 impl Options {
@@ -58,6 +61,7 @@ impl Options {
             queue: "jobs".into(),
             enqueue: 0,
             http_port: None,
+            connect_timeout: Duration::from_secs(5),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -88,6 +92,9 @@ impl Options {
                 "--queue" => options.queue = value,
                 "--enqueue" => options.enqueue = number("a count")? as usize,
                 "--http-port" => options.http_port = Some(number("a port")? as u16),
+                "--connect-timeout-ms" => {
+                    options.connect_timeout = Duration::from_millis(number("milliseconds")?)
+                }
                 _ => return Err(format!("unknown flag `{flag}`")),
             }
         }
@@ -116,6 +123,11 @@ async fn main() -> Result<Outcome, BoxError> {
         Options::parse().map_err(|e| format!("{e}\n(see the top of examples/jobs_to_kafka.rs)"))?;
 
     let mut producer = Producer::builder().close_on(options.close_on.clone());
+    producer = if options.connect_timeout.is_zero() {
+        producer.connect_on_startup(false)
+    } else {
+        producer.connect_timeout(options.connect_timeout)
+    };
     if let Some(brokers) = &options.brokers {
         producer = producer.bootstrap_servers(brokers.clone());
     }

@@ -164,6 +164,9 @@ fn a_job_whose_message_is_queued_is_settled_by_it_and_never_handed_back() {
         &[
             "--brokers",
             &brokers,
+            // Nothing answers there: without the startup check, the service runs anyway.
+            "--connect-timeout-ms",
+            "0",
             "--job-ms",
             "20",
             "--shutdown-timeout-ms",
@@ -291,4 +294,32 @@ async fn rolling_restarts_under_load_lose_no_job() {
         source.queued().await.unwrap().is_empty(),
         "nothing left queued"
     );
+}
+
+/// The unit's claim holds: with no broker answering, startup fails (status 1) before the service
+/// ever reports ready, naming the brokers, instead of running with every send waiting.
+#[test]
+fn with_no_broker_answering_startup_fails_before_ready() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut demo = Service::spawn(
+        "jobs_to_kafka",
+        &["--brokers", &brokers, "--connect-timeout-ms", "500"],
+        &[],
+    );
+    let started = Instant::now();
+    let (lines, status) = {
+        let log = demo.expect_log(|l| l.contains(&brokers));
+        assert!(log.contains("connect"), "{log}");
+        demo.finish()
+    };
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ready pid=")),
+        "{lines:?}"
+    );
+    assert!(started.elapsed() < PATIENCE);
 }
