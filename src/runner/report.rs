@@ -28,6 +28,7 @@ impl Runner<'_> {
                 hook,
                 HookResult::Skipped,
                 Duration::ZERO,
+                None,
             );
         }
         self.phases[index] = Some(PhaseReport {
@@ -44,8 +45,12 @@ impl Runner<'_> {
         hook: &PlannedHook,
         result: HookResult,
         elapsed: Duration,
+        note: Option<String>,
     ) {
         let elapsed_ms = elapsed.as_millis() as u64;
+        if let Some(note) = &note {
+            tracing::info!(target: "lifecycle_hooks", %phase, hook = %hook.name, note = %note, "hook note");
+        }
         match &result {
             HookResult::Ok | HookResult::Skipped => {
                 tracing::info!(target: "lifecycle_hooks", %phase, hook = %hook.name, result = result.as_str(), elapsed_ms, "hook")
@@ -78,6 +83,7 @@ impl Runner<'_> {
             name: hook.name.to_string(),
             result,
             elapsed,
+            note,
         });
     }
 
@@ -117,6 +123,7 @@ impl Runner<'_> {
                         name: hook.name.to_string(),
                         result: HookResult::Skipped,
                         elapsed: Duration::ZERO,
+                        note: None,
                     });
                 }
                 global += 1;

@@ -506,6 +506,11 @@ impl Inner {
             );
         }
         let c = shared.counters();
+        // In the Outcome: `outcome.hook("http:close").note`.
+        ctx.note(format!(
+            "requests completed={} cut={} aborted={}",
+            c.completed, c.cut, c.aborted
+        ));
         tracing::info!(
             server = %shared.name,
             connections = c.connections,

@@ -408,6 +408,12 @@ async fn handlers_that_ignore_the_drain_are_cut_counted_and_named() {
         ),
         (2, 0, 2, 0)
     );
+    // The Outcome says so too: cut versus completed, in the close hook's report.
+    assert_eq!(
+        outcome.hook("http:close").unwrap().note.as_deref(),
+        Some("requests completed=0 cut=2 aborted=0"),
+        "{outcome:?}"
+    );
     // Both clients see their connection end without a (complete) answer.
     timeout(PATIENCE, stuck)
         .await
