@@ -703,7 +703,8 @@ impl Slot {
             // Acquire: see invariant 1.
             return self.wake.fired.load(Ordering::Acquire);
         }
-        let at = SHARD.with(|shard| *shard);
+        // Shard 0 on a thread whose locals are being destroyed: any shard is correct.
+        let at = SHARD.try_with(|shard| *shard).unwrap_or(0);
         let mut shard = self.wake.shards[usize::from(at)].0.lock();
         if shard.closed {
             return true;
