@@ -66,7 +66,7 @@ async fn main() -> Outcome {
     let linger = args.iter().any(|a| a == "--linger");
 
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .on_startup("warm_cache", move |_ctx| async move {
             if !startup.is_zero() {
                 tokio::time::sleep(startup).await;

@@ -24,7 +24,7 @@ use crate::plan::{dedupe, order_phases, plan_hooks};
 use crate::signals::Signals;
 
 /// The default shutdown budget, like Sidekiq's `-t 25`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(25);
 
 /// Builds a [`Lifecycle`]: budget, signals, phases, hooks, observers.
 ///
@@ -72,7 +72,7 @@ impl std::fmt::Debug for ObserverDebug {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            budget: DEFAULT_SHUTDOWN_TIMEOUT,
+            budget: DEFAULT_BUDGET,
             reserve: None,
             grace: None,
             propagation_delay: Duration::ZERO,
@@ -98,7 +98,7 @@ impl Lifecycle {
 
 impl Builder {
     /// The shutdown budget: from the trigger to the end of the exit hooks (default 25 s).
-    pub fn shutdown_timeout(mut self, budget: Duration) -> Self {
+    pub fn budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
         self
     }
@@ -254,7 +254,7 @@ impl Builder {
     pub fn build(self) -> Result<Lifecycle, BuildError> {
         let zero = |what: String| BuildError::ZeroDuration { what };
         if self.budget.is_zero() {
-            return Err(zero("the shutdown timeout".into()));
+            return Err(zero("the budget".into()));
         }
         let reserve = match self.reserve {
             Some(reserve) if reserve.is_zero() => return Err(zero("the exit reserve".into())),
@@ -317,6 +317,7 @@ impl Builder {
             cancel_wake: Arc::default(),
             stopping_sent: CancellationToken::new(),
             work: Default::default(),
+            stored: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),
             events: EventHub::new(self.observers.into_iter().map(|o| o.0).collect()),

@@ -55,7 +55,7 @@ impl Budget {
 /// # async fn main() {
 /// let lifecycle = Lifecycle::builder()
 ///     .signals(Signals::none())
-///     .shutdown_timeout(Duration::from_secs(25))
+///     .budget(Duration::from_secs(25))
 ///     .exit_reserve(Duration::from_secs(5))
 ///     .build()
 ///     .unwrap();
@@ -92,12 +92,12 @@ impl Deadlines {
     }
 
     /// Time left until the end of the budget.
-    pub fn time_left(&self) -> Duration {
+    pub fn budget_left(&self) -> Duration {
         self.end.saturating_duration_since(Instant::now())
     }
 
     /// Time left until the drain deadline.
-    pub fn drain_time_left(&self) -> Duration {
+    pub fn drain_left(&self) -> Duration {
         self.drain.saturating_duration_since(Instant::now())
     }
 }

@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-/// The error a hook or a critical task may return: any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// Why [`Builder::build`](crate::Builder::build) rejected a lifecycle graph.
 ///
 /// Every variant names the hooks or phases at fault, so the message alone says what to change.
@@ -88,12 +85,12 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{what} must be longer than zero")]
     ZeroDuration {
-        /// Which setting: "the shutdown timeout", "the timeout of hook `x`".
+        /// Which setting: "the budget", "the timeout of hook `x`".
         what: String,
     },
     /// The exit reserve does not fit in the shutdown budget.
     #[error(
-        "the exit reserve ({reserve:?}) must be shorter than the shutdown timeout ({budget:?}); the rest of the budget is the drain deadline"
+        "the exit reserve ({reserve:?}) must be shorter than the budget ({budget:?}); the rest of the budget is the drain deadline"
     )]
     ReserveTooLong {
         /// The exit reserve asked for.
@@ -172,4 +169,56 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a panic with a non-string payload".to_string()
     }
+}
+
+/// Why a named listener or a stored state blob could not be had. See
+/// [`FdStore`](crate::FdStore).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The name cannot travel in `FDNAME=`/`LISTEN_FDNAMES` (empty, too long, a `:` or a control
+    /// character).
+    #[error(
+        "`{name}` cannot name a stored file descriptor: use 1 to 255 printable characters without `:`"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// The inherited descriptor with this name is not what the caller asked for.
+    #[error(
+        "inherited file descriptor {fd} named `{name}` is not usable as {expected}: {found}; fix the unit's socket or the name"
+    )]
+    WrongSocket {
+        /// The name it was passed under.
+        name: String,
+        /// Its number in this process.
+        fd: i32,
+        /// What the caller asked for (`a listening TCP socket on 127.0.0.1:8080`, ...).
+        expected: String,
+        /// What it is.
+        found: String,
+    },
+    /// Binding a new listener failed.
+    #[error("cannot bind listener `{name}` on {addr}")]
+    Bind {
+        /// The listener's name.
+        name: String,
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other system call on the descriptor failed.
+    #[error("file descriptor `{name}`: {what}")]
+    Io {
+        /// The name.
+        name: String,
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
 }

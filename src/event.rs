@@ -75,7 +75,7 @@ pub enum Event {
         /// Tracked work still in flight.
         in_flight: usize,
         /// Time left until the drain deadline.
-        time_left: Duration,
+        drain_left: Duration,
     },
     /// A state dump was requested (`SIGTTIN`).
     StateDump(Snapshot),
@@ -100,7 +100,7 @@ pub struct Snapshot {
     /// Hooks that have not run yet, as `phase/name`.
     pub pending_hooks: Vec<String>,
     /// Time left in the shutdown budget, once stopping.
-    pub time_left: Option<Duration>,
+    pub budget_left: Option<Duration>,
     /// Named work in flight (see
     /// [`LifecycleHandle::spawn_named`](crate::LifecycleHandle::spawn_named)), oldest first;
     /// unnamed work counts in `in_flight` only.

@@ -1,7 +1,6 @@
 //! The cloneable handle to a lifecycle. See [`LifecycleHandle`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
@@ -17,18 +16,21 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
+use crate::BoxError;
 use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
-use crate::errors::{BoxError, chain, panic_message};
+use crate::errors::{chain, panic_message};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
+use crate::milestone::{Milestone, Reload};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
+use crate::work::{NamedKey, WorkRegistry};
 
 /// Settings fixed at build time.
 #[derive(Debug)]
@@ -61,7 +63,9 @@ pub(crate) struct Shared {
     /// extended.
     pub(crate) stopping_sent: CancellationToken,
     /// Named work in flight, for the stuck-work report.
-    pub(crate) work: WorkRegistry,
+    pub(crate) work: Arc<WorkRegistry>,
+    /// Names this process put in systemd's fd store, removed again on a final stop.
+    pub(crate) stored: Arc<crate::fdstore::Stored>,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -91,64 +95,6 @@ impl Shared {
     pub(crate) fn cancel_work(&self) {
         self.cancel.cancel();
         self.cancel_wake.fire();
-    }
-}
-
-/// Named work in flight: name, phase and start of each item, by a key its guard removes.
-#[derive(Debug, Default)]
-pub(crate) struct WorkRegistry {
-    /// Locked briefly to add, remove or copy; never across an await or another lock.
-    items: Mutex<(u64, HashMap<u64, Named>)>,
-}
-
-/// One named item: its name, the phase it began in, and when.
-type Named = (Cow<'static, str>, Phase, Instant);
-
-impl WorkRegistry {
-    fn add(&self, name: Cow<'static, str>, phase: Phase) -> u64 {
-        let mut items = self.items.lock();
-        let key = items.0;
-        items.0 += 1;
-        items.1.insert(key, (name, phase, Instant::now()));
-        key
-    }
-
-    fn remove(&self, key: u64) {
-        self.items.lock().1.remove(&key);
-    }
-
-    /// Every item now, oldest first.
-    pub(crate) fn snapshot(&self) -> Vec<WorkItem> {
-        let now = Instant::now();
-        let mut items: Vec<(u64, WorkItem)> = self
-            .items
-            .lock()
-            .1
-            .iter()
-            .map(|(key, (name, phase, started))| {
-                let item = WorkItem {
-                    name: name.to_string(),
-                    phase: phase.clone(),
-                    age: now.saturating_duration_since(*started),
-                };
-                (*key, item)
-            })
-            .collect();
-        items.sort_by_key(|(key, _)| *key);
-        items.into_iter().map(|(_, item)| item).collect()
-    }
-}
-
-/// Removes a named work item from the registry when dropped.
-#[derive(Debug)]
-struct NamedKey {
-    shared: Arc<Shared>,
-    key: u64,
-}
-
-impl Drop for NamedKey {
-    fn drop(&mut self) {
-        self.shared.work.remove(self.key);
     }
 }
 
@@ -284,24 +230,20 @@ impl LifecycleHandle {
     }
 
     /// Tells systemd a configuration reload began (`RELOADING=1` with `MONOTONIC_USEC=`, for
-    /// `Type=notify-reload`); call [`notify_reloaded`](Self::notify_reloaded) when it is done.
-    /// Does nothing without `NOTIFY_SOCKET`.
-    pub fn notify_reloading(&self) {
+    /// `Type=notify-reload`); `READY=1` follows when the returned [`Reload`] is done or dropped.
+    /// Without `NOTIFY_SOCKET` nothing is sent.
+    pub fn reloading(&self) -> Reload {
         if let Some(notifier) = &self.shared.config.notifier {
             notifier.reloading();
         }
-    }
-
-    /// Tells systemd a reload finished (`READY=1`). Does nothing without `NOTIFY_SOCKET`.
-    pub fn notify_reloaded(&self) {
-        if let Some(notifier) = &self.shared.config.notifier {
-            notifier.send("READY=1");
+        Reload {
+            notifier: self.shared.config.notifier.clone(),
         }
     }
 
-    /// Logs the current state (phase, in-flight work, pending hooks, time left) and emits it as
-    /// [`Event::StateDump`]. `SIGTTIN` does this by default.
-    pub fn dump_state(&self) {
+    /// Logs the current state (phase, in-flight work, pending hooks, budget left, named work)
+    /// and emits it as [`Event::StateDump`]: what `SIGTTIN` does by default.
+    pub(crate) fn dump_state(&self) {
         let snapshot = self.snapshot();
         tracing::info!(
             target: "lifecycle_hooks",
@@ -309,7 +251,7 @@ impl LifecycleHandle {
             reason = snapshot.reason.map(Reason::as_str),
             in_flight = snapshot.in_flight,
             pending_hooks = ?snapshot.pending_hooks,
-            time_left_ms = snapshot.time_left.map(|d| d.as_millis() as u64),
+            budget_left_ms = snapshot.budget_left.map(|d| d.as_millis() as u64),
             "state"
         );
         for item in &snapshot.work {
@@ -339,7 +281,7 @@ impl LifecycleHandle {
                 .flatten()
                 .cloned()
                 .collect(),
-            time_left: self.time_left(),
+            budget_left: self.deadlines().map(|d| d.budget_left()),
             work: self.shared.work.snapshot(),
         }
     }
@@ -347,11 +289,6 @@ impl LifecycleHandle {
     /// Why the lifecycle is stopping, once a trigger has arrived.
     pub fn reason(&self) -> Option<Reason> {
         self.shared.control.borrow().reason
-    }
-
-    /// Time left in the shutdown budget, once stopping.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.deadlines().map(|d| d.time_left())
     }
 
     /// The instants of the stop (trigger, drain deadline, end of budget), once one has begun.
@@ -384,59 +321,35 @@ impl LifecycleHandle {
         self.shared.events.subscribe()
     }
 
+    /// Named listeners and state blobs kept in systemd's file-descriptor store across a restart;
+    /// see [`FdStore`](crate::FdStore).
+    pub fn fd_store(&self) -> crate::FdStore {
+        crate::fdstore::FdStore::new(
+            self.shared.config.notifier.clone(),
+            Arc::clone(&self.shared.stored),
+        )
+    }
+
     /// Tracked work in flight: spawned tasks, tracked futures and guards.
     pub fn in_flight(&self) -> usize {
         self.shared.tracker.len()
     }
 
-    /// Completes when intake stops: job sources stop fetching, listeners stop accepting.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe; the returned future owns what it needs.
-    pub fn intake_stopped(&self) -> WaitForCancellationFutureOwned {
-        self.shared.intake.clone().cancelled_owned()
+    /// Intake stops here: job sources stop fetching, listeners stop accepting. Await it, check
+    /// it with [`Milestone::is_reached`], or take a token.
+    pub fn intake_stopped(&self) -> Milestone {
+        Milestone::new(&self.shared.intake)
     }
 
-    /// Whether intake has stopped.
-    pub fn is_intake_stopped(&self) -> bool {
-        self.shared.intake.is_cancelled()
+    /// The drain begins here: long work should checkpoint and wrap up.
+    pub fn draining(&self) -> Milestone {
+        Milestone::new(&self.shared.drain)
     }
 
-    /// Completes when the drain begins: long work should checkpoint and wrap up.
-    pub fn draining(&self) -> WaitForCancellationFutureOwned {
-        self.shared.drain.clone().cancelled_owned()
-    }
-
-    /// Whether the drain has begun.
-    pub fn is_draining(&self) -> bool {
-        self.shared.drain.is_cancelled()
-    }
-
-    /// Completes when remaining work is cancelled (the drain deadline passed, or a second signal
+    /// Remaining work is cancelled here (the drain deadline passed, or a second signal
     /// escalated): hand unfinished work back now.
-    pub fn cancelled(&self) -> WaitForCancellationFutureOwned {
-        self.shared.cancel.clone().cancelled_owned()
-    }
-
-    /// Whether remaining work has been cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        self.shared.cancel.is_cancelled()
-    }
-
-    /// A token cancelled when intake stops (a child: cancelling it affects only itself).
-    pub fn intake_token(&self) -> CancellationToken {
-        self.shared.intake.child_token()
-    }
-
-    /// A token cancelled when the drain begins (a child: cancelling it affects only itself).
-    pub fn drain_token(&self) -> CancellationToken {
-        self.shared.drain.child_token()
-    }
-
-    /// A token cancelled when remaining work is cancelled (a child).
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.shared.cancel.child_token()
+    pub fn cancelled(&self) -> Milestone {
+        Milestone::new(&self.shared.cancel)
     }
 
     /// Spawns tracked work: the exit phase waits for it.
@@ -475,7 +388,7 @@ impl LifecycleHandle {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let lifecycle = testing::builder().shutdown_timeout(Duration::from_secs(5)).build().unwrap();
+    /// let lifecycle = testing::builder().budget(Duration::from_secs(5)).build().unwrap();
     /// let handle = lifecycle.handle();
     /// handle.spawn_named("export orders.csv", std::future::pending::<()>());
     /// assert_eq!(handle.snapshot().work[0].name, "export orders.csv");
@@ -510,7 +423,7 @@ impl LifecycleHandle {
         let phase = self.phase();
         NamedKey {
             key: self.shared.work.add(name, phase),
-            shared: Arc::clone(&self.shared),
+            registry: Arc::clone(&self.shared.work),
         }
     }
 

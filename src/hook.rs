@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::errors::BoxError;
+use crate::BoxError;
 use crate::handle::LifecycleHandle;
 use crate::outcome::{IntoHookResult, Reason};
 use crate::phase::Phase;
@@ -121,10 +121,12 @@ impl HookSpec {
         self
     }
 
-    /// Marks where the hook was defined (the macros pass `module_path!()::name`).
+    /// Marks where the hook was defined (the macros pass `module_path!()::name`); for the
+    /// macros' generated code, not a public API.
     ///
     /// Two registrations with the same name and the same origin are the same hook, and it runs
     /// once; the same name with different origins is a duplicate and `build()` rejects it.
+    #[doc(hidden)]
     pub fn origin(mut self, origin: &'static str) -> Self {
         self.origin = Some(origin);
         self
@@ -147,7 +149,7 @@ impl HookSpec {
     ///     .on_skipped(|handle| handle.report_lost("3 queued messages"));
     /// let lifecycle = Lifecycle::builder()
     ///     .signals(Signals::none())
-    ///     .shutdown_timeout(Duration::from_secs(1))
+    ///     .budget(Duration::from_secs(1))
     ///     .hook(close)
     ///     // Exit hooks run in reverse registration order: this one first, and it uses the
     ///     // whole budget, so `close` never gets its turn.

@@ -10,10 +10,12 @@ mod control;
 mod deadline;
 pub mod errors;
 mod event;
+mod fdstore;
 mod graph;
 mod handle;
 mod hook;
 mod lifecycle;
+mod milestone;
 mod notify;
 mod outcome;
 mod phase;
@@ -23,14 +25,19 @@ mod registry;
 mod runner;
 mod signals;
 pub mod testing;
+mod work;
 
-pub use builder::{Builder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use builder::{Builder, DEFAULT_BUDGET};
 pub use deadline::Deadlines;
-pub use errors::BoxError;
+
+/// The error a hook or a critical task may return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub use event::{Event, EventStream, Snapshot};
+pub use fdstore::{FdStore, ListenAddr, Listener};
 pub use handle::{LifecycleHandle, WorkGuard};
 pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
+pub use milestone::{Milestone, Reload};
 pub use outcome::{
     ExitCodes, HookReport, HookResult, IntoHookResult, Outcome, PhaseReport, PhaseStatus, Reason,
     WorkItem,

@@ -147,7 +147,7 @@ async fn keep_stop_timeout(handle: LifecycleHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let left = deadlines.time_left();
+        let left = deadlines.budget_left();
         if let Some(notifier) = &shared.config.notifier {
             notifier.extend_timeout(left + Duration::from_secs(1));
         }

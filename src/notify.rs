@@ -163,6 +163,11 @@ impl Notifier {
         });
     }
 
+    /// The service manager's socket address.
+    pub(crate) fn addr(&self) -> &SocketAddr {
+        &self.addr
+    }
+
     /// Asks systemd to wait `time` longer before it kills a stop in progress.
     pub(crate) fn extend_timeout(self: &Arc<Self>, time: Duration) {
         self.send(&format!("EXTEND_TIMEOUT_USEC={}", time.as_micros()));

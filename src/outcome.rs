@@ -4,7 +4,7 @@ use std::fmt;
 use std::process::{ExitCode, Termination};
 use std::time::Duration;
 
-use crate::errors::BoxError;
+use crate::BoxError;
 use crate::phase::Phase;
 use crate::signals::Signal;
 

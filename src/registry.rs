@@ -5,8 +5,8 @@
 //! `Registration` to it, and the linker gathers them into one array. Nothing runs before
 //! `main`, and reading the list is reading a `&'static [Registration]`.
 
+use crate::BoxError;
 use crate::builder::Builder;
-use crate::errors::BoxError;
 use crate::hook::HookSpec;
 use crate::outcome::IntoHookResult;
 

@@ -102,13 +102,10 @@ fn duplicate_names_are_rejected_unless_it_is_the_same_hook() {
 #[test]
 fn zero_durations_are_rejected() {
     let err = testing::builder()
-        .shutdown_timeout(Duration::ZERO)
+        .budget(Duration::ZERO)
         .build()
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "the shutdown timeout must be longer than zero"
-    );
+    assert_eq!(err.to_string(), "the budget must be longer than zero");
     let err = testing::builder()
         .hook(noop(Phase::EXIT, "close").timeout(Duration::ZERO))
         .build()
@@ -118,7 +115,7 @@ fn zero_durations_are_rejected() {
         "the timeout of hook `close` must be longer than zero"
     );
     let err = testing::builder()
-        .shutdown_timeout(Duration::from_secs(5))
+        .budget(Duration::from_secs(5))
         .exit_reserve(Duration::from_secs(5))
         .build()
         .unwrap_err();

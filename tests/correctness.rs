@@ -92,7 +92,7 @@ fn concurrent_stop_from_other_threads_while_the_runner_walks_many_hooks_never_de
                             1 => handle.quiet(),
                             _ => handle.trigger(Signal::Ttin),
                         }
-                        let _ = handle.time_left();
+                        let _ = handle.deadlines().map(|d| d.budget_left());
                         calls += 1;
                     }
                     calls
@@ -188,7 +188,7 @@ async fn a_stop_during_a_slow_startup_hook_cuts_it_at_the_drain_deadline_and_kee
  {
     let entered = Arc::new(Notify::new());
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(25))
+        .budget(Duration::from_secs(25))
         .hook(HookSpec::new(Phase::STARTUP, "warm_cache", {
             let entered = Arc::clone(&entered);
             move |_ctx| {
@@ -228,7 +228,7 @@ async fn a_stop_during_a_slow_startup_hook_cuts_it_at_the_drain_deadline_and_kee
 #[tokio::test(start_paused = true)]
 async fn an_exit_hook_skipped_for_want_of_budget_is_never_clean() {
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(5))
+        .budget(Duration::from_secs(5))
         .on_exit("close_producer", |_ctx| async {})
         // Exit hooks run in reverse registration order: this one first, for the whole budget.
         .on_exit("flush_metrics", |_ctx| std::future::pending::<()>())
@@ -335,7 +335,7 @@ async fn a_self_started_restart_extends_after_stopping_and_through_the_exit_hook
     let socket = NotifySocket::bind("extend");
     let lifecycle = testing::builder()
         .notify_socket(socket.path(), None)
-        .shutdown_timeout(Duration::from_secs(25))
+        .budget(Duration::from_secs(25))
         .on_exit("slow_close", |_ctx| async {
             tokio::time::sleep(Duration::from_secs(3)).await;
         })
@@ -415,7 +415,7 @@ async fn tracked_work_reading_events_to_the_end_is_not_cut() {
 #[tokio::test(start_paused = true)]
 async fn duration_max_budget_and_hook_timeout_saturate() {
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::MAX)
+        .budget(Duration::MAX)
         .hook(
             HookSpec::new(Phase::EXIT, "close", |_ctx| async {
                 tokio::time::sleep(SECOND).await;
@@ -430,7 +430,7 @@ async fn duration_max_budget_and_hook_timeout_saturate() {
     let handle = lifecycle.handle();
     handle.spawn(tokio::time::sleep(SECOND));
     handle.stop();
-    assert!(handle.time_left().unwrap() > Duration::from_secs(86_400 * 365));
+    assert!(handle.deadlines().unwrap().budget_left() > Duration::from_secs(86_400 * 365));
     let outcome = lifecycle.run().await;
     assert_eq!(outcome.exit_code(), 0, "{outcome}");
     assert_eq!(outcome.hook("announce").unwrap().result, HookResult::Ok);
@@ -442,7 +442,7 @@ async fn duration_max_budget_and_hook_timeout_saturate() {
 #[tokio::test(start_paused = true)]
 async fn a_one_nanosecond_budget_still_reports_every_hook() {
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_nanos(5))
+        .budget(Duration::from_nanos(5))
         .on_shutdown("announce", |_ctx| async {})
         .on_exit("close", |_ctx| async {})
         .build()
@@ -483,7 +483,7 @@ async fn a_panic_in_tracked_work_is_counted_and_fails_the_run() {
 async fn work_stuck_at_the_drain_deadline_is_named_with_its_age() {
     let recorder = Recorder::new();
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .observe(recorder.observer())
         .build()
         .unwrap();
@@ -572,7 +572,7 @@ fn calls_from_other_threads_before_during_and_after_the_run_are_harmless() {
         .unwrap();
     for _ in 0..20 {
         let lifecycle = testing::builder()
-            .shutdown_timeout(Duration::from_secs(5))
+            .budget(Duration::from_secs(5))
             .on_startup("open", |_ctx| async { tokio::task::yield_now().await })
             .on_shutdown("announce", |_ctx| async {})
             .on_exit("close", |_ctx| async {})
@@ -610,4 +610,48 @@ fn calls_from_other_threads_before_during_and_after_the_run_are_harmless() {
         assert_eq!(outcome.exit_code(), 4, "{outcome}");
         assert_eq!(outcome.hook("close").unwrap().result, HookResult::Ok);
     }
+}
+
+/// Found while hardening bug 4: a stop that arrives while quiet's stop_intake hooks still run
+/// was never announced (no `STOPPING=1`, no `triggered` event): the runner only announced a stop
+/// it had waited for.
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_quiets_intake_hooks_is_announced_with_stopping() {
+    let socket = NotifySocket::bind("quiet-hook");
+    let recorder = Recorder::new();
+    let entered = Arc::new(Notify::new());
+    let lifecycle = testing::builder()
+        .notify_socket(socket.path(), None)
+        .observe(recorder.observer())
+        .hook(HookSpec::new(Phase::STOP_INTAKE, "pause_consumer", {
+            let entered = Arc::clone(&entered);
+            move |_ctx| {
+                let entered = Arc::clone(&entered);
+                async move {
+                    entered.notify_one();
+                    tokio::time::sleep(SECOND).await;
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|r| *r).await.unwrap();
+    handle.trigger(Signal::Tstp);
+    entered.notified().await;
+    handle.trigger(Signal::Term);
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0);
+    assert!(
+        recorder.before("quiet", "triggered stop"),
+        "{:?}",
+        recorder.trace()
+    );
+    let messages = socket.drain();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "STOPPING=1").count(),
+        1,
+        "{messages:?}"
+    );
 }

@@ -288,7 +288,7 @@ async fn work_past_the_deadline_is_cancelled_and_exit_hooks_keep_their_reserve()
     let exit_time_left = Arc::new(parking_lot::Mutex::new(None));
     let seen = exit_time_left.clone();
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(2))
         .cancel_grace(Duration::from_millis(500))
         .on_exit("close", move |ctx| {
@@ -355,7 +355,7 @@ async fn a_hook_past_its_timeout_is_abandoned_and_the_graph_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_hook_past_the_drain_deadline_times_out_and_exit_still_runs() {
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(5))
+        .budget(Duration::from_secs(5))
         .exit_reserve(SECOND)
         .on_shutdown("later", |_ctx| async {})
         .on_shutdown("slow", |_ctx| hang())
@@ -579,7 +579,7 @@ async fn a_dropped_lifecycle_cancels_its_work() {
     let join = handle.spawn(hang());
     drop(lifecycle);
     assert_eq!(join.await.unwrap(), None);
-    assert!(handle.is_intake_stopped() && handle.is_cancelled());
+    assert!(handle.intake_stopped().is_reached() && handle.cancelled().is_reached());
     // Work spawned after the cancellation is cancelled at once, not left hanging.
     assert_eq!(handle.spawn(hang()).await.unwrap(), None);
     // Work that is ready wins the race: it was polled first.
@@ -700,7 +700,7 @@ async fn propagation_delay_turns_readiness_false_before_intake_stops() {
     handle.stop();
     readiness.wait_for(|ready| !*ready).await.unwrap();
     let not_ready_at = Instant::now();
-    assert!(!handle.is_intake_stopped());
+    assert!(!handle.intake_stopped().is_reached());
     handle.intake_stopped().await;
     assert_eq!(not_ready_at.elapsed(), Duration::from_secs(3));
     assert_eq!(run.await.unwrap().exit_code(), 0);
@@ -728,7 +728,7 @@ async fn state_dump_lists_phase_work_and_pending_hooks() {
     assert_eq!(snapshot.phase, Phase::RUNNING);
     assert_eq!(snapshot.in_flight, 1);
     assert_eq!(snapshot.pending_hooks, ["shutdown/announce", "exit/close"]);
-    assert_eq!(snapshot.time_left, None);
+    assert_eq!(snapshot.budget_left, None);
     handle.stop();
     handle.trigger(Signal::Term);
     let outcome = run.await.unwrap();

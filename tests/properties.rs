@@ -227,7 +227,7 @@ fn execute(case: &Case) -> Run {
     runtime.block_on(async {
         let log: Arc<Mutex<Vec<Mark>>> = Arc::default();
         let mut builder = testing::builder()
-            .shutdown_timeout(BUDGET)
+            .budget(BUDGET)
             .exit_reserve(RESERVE)
             .cancel_grace(GRACE);
         if case.hooks.iter().any(|h| h.slot == Slot::PreIntake) {

@@ -59,6 +59,7 @@ fn act() -> impl Strategy<Value = Act> {
 struct Case {
     acts: Vec<(Option<u64>, Act)>,
     startup_ms: u64,
+    intake_ms: u64,
     shutdown_ms: u64,
     exit_ms: u64,
     work_ms: Vec<u64>,
@@ -69,16 +70,20 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec((prop::option::weighted(0.85, 0u64..2_500), act()), 0..7),
         0u64..400,
         0u64..400,
+        0u64..400,
         0u64..150,
         prop::collection::vec(0u64..2_500, 0..4),
     )
-        .prop_map(|(acts, startup_ms, shutdown_ms, exit_ms, work_ms)| Case {
-            acts,
-            startup_ms,
-            shutdown_ms,
-            exit_ms,
-            work_ms,
-        })
+        .prop_map(
+            |(acts, startup_ms, intake_ms, shutdown_ms, exit_ms, work_ms)| Case {
+                acts,
+                startup_ms,
+                intake_ms,
+                shutdown_ms,
+                exit_ms,
+                work_ms,
+            },
+        )
 }
 
 /// The trigger rules, written independently of the crate: what the applied acts should make of
@@ -142,6 +147,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     let recorder = Recorder::new();
+    let intake = Duration::from_millis(case.intake_ms);
     let (startup, shutdown, exit) = (
         Duration::from_millis(case.startup_ms),
         Duration::from_millis(case.shutdown_ms),
@@ -149,12 +155,13 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     );
     let (outcome, model) = runtime.block_on(async {
         let lifecycle = testing::builder()
-            .shutdown_timeout(Duration::from_secs(3))
+            .budget(Duration::from_secs(3))
             .exit_reserve(Duration::from_millis(600))
             .notify_socket(path.to_str().unwrap(), None)
             .observe(recorder.observer())
             .on_startup("open", move |_ctx| tokio::time::sleep(startup))
             .hook(HookSpec::new(Phase::EXIT, "close_open", |_ctx| async {}).teardown_of("open"))
+            .on_stop_intake("pause_consumer", move |_ctx| tokio::time::sleep(intake))
             .on_shutdown("announce", move |_ctx| tokio::time::sleep(shutdown))
             .on_exit("close", move |_ctx| tokio::time::sleep(exit))
             .build()
@@ -227,7 +234,10 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     // Every hook is reported exactly once.
     let mut names: Vec<&str> = outcome.hooks().iter().map(|h| h.name.as_str()).collect();
     names.sort_unstable();
-    prop_assert_eq!(names, ["announce", "close", "close_open", "open"]);
+    prop_assert_eq!(
+        names,
+        ["announce", "close", "close_open", "open", "pause_consumer"]
+    );
 
     if let Some(signal) = model.third {
         prop_assert_eq!(outcome.exit_code(), ExitCodes::default().immediate(signal));

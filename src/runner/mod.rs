@@ -100,6 +100,8 @@ impl<'a> Runner<'a> {
                 self.run_phase(index).await;
             }
         }
+        // Startup is where listeners are claimed: what was passed in and not claimed goes.
+        crate::fdstore::release_unclaimed(self.shared.config.notifier.as_ref());
         let control = self.control();
         if self.startup_failed || control.escalated() {
             if self.startup_failed {
@@ -190,7 +192,7 @@ impl<'a> Runner<'a> {
             self.control().deadlines,
             self.announced,
         ) {
-            notifier.extend_timeout(deadlines.time_left() + Duration::from_secs(1));
+            notifier.extend_timeout(deadlines.budget_left() + Duration::from_secs(1));
         }
     }
 
@@ -230,8 +232,10 @@ impl<'a> Runner<'a> {
                 if self.control().reason.is_none() {
                     let mut control = shared.control.subscribe();
                     let _ = control.wait_for(|c| c.reason.is_some()).await;
-                    self.announce();
                 }
+                // Whether the stop came while quiet waited or while the hooks above ran: it is
+                // announced (and systemd told `STOPPING=1`) before the drain.
+                self.announce();
             }
             Some(Builtin::Drain) => {
                 shared.drain.cancel();
@@ -263,20 +267,20 @@ impl<'a> Runner<'a> {
                 _ = self.interrupted(Bound::Drain) => return,
                 _ = progress.tick() => {
                     let in_flight = shared.tracker.len();
-                    let time_left = self
+                    let drain_left = self
                         .control()
                         .deadlines
-                        .map_or(Duration::ZERO, |d| d.drain_time_left());
+                        .map_or(Duration::ZERO, |d| d.drain_left());
                     tracing::info!(
                         target: "lifecycle_hooks",
                         in_flight,
-                        time_left_s = time_left.as_secs_f64(),
+                        drain_left_s = drain_left.as_secs_f64(),
                         "draining: {in_flight} in flight, {:.1} s left",
-                        time_left.as_secs_f64()
+                        drain_left.as_secs_f64()
                     );
                     self.notify(&format!("STATUS=draining: {in_flight} in flight"));
                     self.extend_timeout();
-                    shared.events.emit(Event::Draining { in_flight, time_left });
+                    shared.events.emit(Event::Draining { in_flight, drain_left });
                 }
             }
         }

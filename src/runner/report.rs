@@ -147,6 +147,11 @@ impl Runner<'_> {
             elapsed_ms = stop_elapsed.as_millis() as u64,
             "lifecycle finished"
         );
+        crate::fdstore::release_stored(
+            shared.config.notifier.as_ref(),
+            &shared.stored,
+            reason == Reason::Restart && immediate.is_none(),
+        );
         shared.events.emit(Event::Finished { reason, exit_code });
         // The run is over: streams end (readers see `None`), later subscribers get an ended one.
         shared.events.close();

@@ -50,7 +50,7 @@ async fn main() -> Outcome {
         .concurrency(3)
         .build(handle);
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(Duration::from_secs(5))
+        .budget(Duration::from_secs(5))
         // Runs after the pool's close: the final counters.
         .on_exit("report_counters", {
             let pool = pool.clone();

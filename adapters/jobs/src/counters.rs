@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub struct Counters {
     /// Jobs the pool fetched.
     pub fetched: u64,
-    /// Jobs whose handler returned `Ok` (and that were acknowledged).
+    /// Jobs whose handler returned `Ok` (and that were acknowledged), and jobs past their
+    /// [point of no return](crate::JobContext::point_of_no_return) that the exit hook
+    /// acknowledged while they still ran at the end of its budget.
     pub completed: u64,
     /// Runs that failed: the handler returned an error or panicked.
     pub failed: u64,

@@ -1,12 +1,16 @@
 //! A unit of work. See [`Job`].
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use bytes::Bytes;
 
 /// The queue name a job has before a source sets it.
 static DEFAULT_QUEUE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
+
+/// Hands out hand-back tokens, unique within the process.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// One job: an id, an opaque payload, the queue it came from and how many times it ran before.
 ///
@@ -35,11 +39,21 @@ pub struct Job {
     receipt: Bytes,
 }
 
-#[derive(PartialEq, Eq)]
 struct Meta {
     id: Box<str>,
     queue: Arc<str>,
+    /// This job value's hand-back token, shared by its clones; set on first use. Not part of
+    /// the job's equality.
+    token: OnceLock<u64>,
 }
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Meta) -> bool {
+        self.id == other.id && self.queue == other.queue
+    }
+}
+
+impl Eq for Meta {}
 
 impl Job {
     /// A job with this id and payload, attempt 0, queue `default` until a source sets it.
@@ -48,6 +62,7 @@ impl Job {
             meta: Arc::new(Meta {
                 id: id.into(),
                 queue: DEFAULT_QUEUE.clone(),
+                token: OnceLock::new(),
             }),
             payload: payload.into(),
             attempt: 0,
@@ -95,6 +110,7 @@ impl Job {
                 self.meta = Arc::new(Meta {
                     id: self.meta.id.clone(),
                     queue,
+                    token: OnceLock::new(),
                 })
             }
         }
@@ -115,6 +131,17 @@ impl Job {
 
     pub(crate) fn shared_queue(&self) -> &Arc<str> {
         &self.meta.queue
+    }
+
+    /// A number naming this job value and its clones (not an equal job built or fetched
+    /// separately), unique within the process: a source records it with a hand-back, so a
+    /// retry of the same hand-back is recognised even when the same bytes were fetched again.
+    pub(crate) fn hand_back_token(&self) -> u64 {
+        // Relaxed: only uniqueness matters.
+        *self
+            .meta
+            .token
+            .get_or_init(|| NEXT_TOKEN.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -11,17 +11,17 @@ mod job;
 mod memory;
 mod pool;
 #[cfg(feature = "redis")]
-mod redis_source;
+mod redis;
 mod retry;
 mod source;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisKeys, RedisSource, RedisSourceBuilder};
 pub use context::JobContext;
 pub use counters::Counters;
 pub use errors::JobFailure;
 pub use job::Job;
 pub use memory::MemorySource;
 pub use pool::{DEFAULT_CONCURRENCY, JobPool, JobPoolBuilder};
-#[cfg(feature = "redis")]
-pub use redis_source::{RedisKeys, RedisSource, RedisSourceBuilder};
 pub use retry::{MaxAttempts, Retry, RetryPolicy};
 pub use source::JobSource;

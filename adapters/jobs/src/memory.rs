@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -45,8 +46,10 @@ struct Inner {
     capacity: usize,
     /// Locked briefly, never across an await.
     state: Mutex<State>,
-    /// Wakes a waiting worker when a job arrives, all of them when the source closes.
+    /// Wakes one waiting worker per job that arrives, all of them when the source closes.
     items: Notify,
+    /// Fetches waiting for a job (registered with `items`); for [`MemorySource::waiting_fetches`].
+    waiting: AtomicUsize,
     /// Wakes producers when room appears or the source closes.
     room: Notify,
 }
@@ -99,6 +102,7 @@ impl MemorySource {
                 capacity,
                 state: Mutex::new(State::default()),
                 items: Notify::new(),
+                waiting: AtomicUsize::new(0),
                 room: Notify::new(),
             }),
         }
@@ -188,6 +192,14 @@ impl MemorySource {
         state.queue.iter().map(|job| job.id().to_owned()).collect()
     }
 
+    /// How many fetches are waiting for a job right now (each registered to be woken). For
+    /// metrics and tests: once it reads `n`, `n` fetches are parked and each job that arrives
+    /// wakes one of them.
+    pub fn waiting_fetches(&self) -> usize {
+        // SeqCst: pairs with the increment made after the waiter registered (see `fetch`).
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+
     /// Jobs that failed for good ([`Retry::Dead`]), oldest first.
     pub fn dead(&self) -> Vec<Job> {
         self.inner.state.lock().dead.clone()
@@ -203,6 +215,23 @@ impl MemorySource {
         drop(state);
         self.inner.room.notify_one();
         Some(Some(job))
+    }
+}
+
+/// Counts one waiting fetch for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Waiting<'a> {
+        // SeqCst: a reader that sees this increment also sees the registration made before it.
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -222,6 +251,9 @@ impl JobSource for MemorySource {
             if let Some(next) = self.try_fetch() {
                 return Ok(next);
             }
+            // Counted only once registered, so a reader that sees the count knows we will be
+            // woken; uncounted when this wait ends or the fetch is dropped.
+            let _waiting = Waiting::enter(&self.inner.waiting);
             items.await;
         }
     }
@@ -231,13 +263,18 @@ impl JobSource for MemorySource {
     }
 
     async fn requeue(&self, jobs: Vec<Job>) -> Result<(), RequeueError<Infallible>> {
+        let count = jobs.len();
         {
             let mut state = self.inner.state.lock();
             for job in jobs.into_iter().rev() {
                 state.queue.push_front(job);
             }
         }
-        self.inner.items.notify_one();
+        // One wake-up per job: each waiting fetch takes one (a woken fetch that finds the queue
+        // empty waits again; one dropped after its wake-up passes it on to the next waiter).
+        for _ in 0..count {
+            self.inner.items.notify_one();
+        }
         Ok(())
     }
 

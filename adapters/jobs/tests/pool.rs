@@ -339,7 +339,7 @@ async fn the_drain_deadline_requeues_exactly_the_unfinished_jobs() {
         }
     });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(4))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())
@@ -672,7 +672,7 @@ async fn cut_off(requeue_failures: usize) -> (Outcome, Log, JobPool<TestSource>,
             }
         });
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .exit_reserve(Duration::from_secs(5))
         .cancel_grace(Duration::from_secs(1))
         .hooks(pool.hooks())
@@ -777,20 +777,53 @@ async fn a_second_signal_cancels_and_requeues_at_once() {
             Ok::<(), std::io::Error>(())
         }
     });
-    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let log = Log::default();
+    let lifecycle = testing::builder()
+        .hooks(pool.hooks())
+        .observe(log.observer())
+        .build()
+        .unwrap();
     let handle: LifecycleHandle = lifecycle.handle();
+    let mut events = handle.subscribe();
     let run = tokio::spawn(lifecycle.run());
     started.recv().await.unwrap();
     handle.trigger(Signal::Term);
+    // The second signal lands well inside the drain (20 s before its deadline, of the default
+    // 25 s budget): wait for the drain's progress report with 19 s left.
+    loop {
+        match events.next().await.expect("the run goes on") {
+            Event::Draining { drain_left, .. } if drain_left <= Duration::from_secs(19) => break,
+            _ => {}
+        }
+    }
+    let second = tokio::time::Instant::now();
     handle.trigger(Signal::Term);
     let outcome = run.await.unwrap();
-    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    let took = second.elapsed();
     assert!(
-        outcome.stop_elapsed() < Duration::from_secs(25),
-        "did not wait for the drain"
+        outcome.escalated(),
+        "the second signal escalated: {outcome}"
+    );
+    assert!(outcome.forced(), "{outcome}");
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    // Paused time: nothing waits between the second signal and the end, while the drain
+    // deadline was still 19 s away.
+    assert!(
+        took < Duration::from_millis(1),
+        "from the second signal to the end: {took:?} (the drain deadline was 19 s away)"
+    );
+    assert!(
+        outcome.stop_elapsed() < Duration::from_secs(7),
+        "{:?}",
+        outcome.stop_elapsed()
     );
     assert_eq!(outcome.handed_back(), ["slow"]);
     assert_eq!(source.queued_ids(), ["slow"]);
+    assert!(
+        log.position("cancelled 1").expect("work cancelled") < log.position("phase exit").unwrap(),
+        "handed back before the exit hooks: {:?}",
+        log.lines()
+    );
     assert_settled(pool.counters());
 }
 
@@ -874,4 +907,286 @@ async fn memory_source_keeps_its_bound_for_producers_but_never_for_hand_backs() 
         ["a", "b", "c"],
         "and keeps what it held"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_requeue_through_a_finished_jobs_context_leaves_the_next_jobs_checkpoint_alone() {
+    init_tracing();
+    let source = MemorySource::new(10);
+    fill(&source, &["first", "second"]).await;
+    let kept: Arc<parking_lot::Mutex<Option<JobContext>>> = Arc::default();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (checkpointed_tx, mut checkpointed) = mpsc::unbounded_channel();
+    // One worker: `second` runs right after `first`, on the same worker.
+    let pool = JobPool::builder(source.clone()).concurrency(1).build({
+        let (kept, release) = (kept.clone(), release.clone());
+        move |job: Job, ctx: JobContext| {
+            let (kept, release) = (kept.clone(), release.clone());
+            let checkpointed_tx = checkpointed_tx.clone();
+            async move {
+                if job.id() == "first" {
+                    // Keeps its context past its own end (a task it spawned, say).
+                    *kept.lock() = Some(ctx);
+                } else {
+                    ctx.requeue(job.with_payload("checkpoint"));
+                    checkpointed_tx.send(()).unwrap();
+                    release.notified().await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    });
+    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let handle = lifecycle.handle();
+    let mut events = handle.subscribe();
+    let run = tokio::spawn(lifecycle.run());
+    checkpointed.recv().await.unwrap();
+    // Fetching stops, so `second`, once handed back, is not fetched again.
+    handle.stop();
+    hook_finished(&mut events, "jobs:stop_fetching").await;
+    // `first` returned long ago; its context asks for a hand-back now, while `second` runs.
+    let late = kept.lock().take().expect("first ran and kept its context");
+    late.requeue(Job::new("first", "late"));
+    release.notify_one();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    assert_eq!(
+        outcome.handed_back(),
+        ["second"],
+        "second's checkpoint survives, first's late call does nothing"
+    );
+    let queued = source.queued();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(
+        (queued[0].id(), &queued[0].payload()[..]),
+        ("second", &b"checkpoint"[..])
+    );
+    let counters = pool.counters();
+    assert_eq!((counters.completed, counters.requeued), (1, 1));
+    assert_settled(counters);
+}
+
+/// Two jobs that never end are cut off at the drain deadline and their hand-back fails; then
+/// an exit hook that runs before the pool's close (registered after it) uses the rest of the
+/// budget, so `jobs:close` never runs. `hand_back_in_exit` lets requeues succeed from the
+/// start of the exit phase on.
+async fn close_skipped(hand_back_in_exit: bool) -> (Outcome, JobPool<TestSource>, MemorySource) {
+    let memory = MemorySource::new(10);
+    fill(&memory, &["stuck-1", "stuck-2"]).await;
+    let source = TestSource::new(memory.clone(), Log::default());
+    source.requeue_failures.store(usize::MAX, Ordering::SeqCst);
+    let failures = source.requeue_failures.clone();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let pool = JobPool::builder(source)
+        .concurrency(2)
+        .build(move |_job: Job, _ctx: JobContext| {
+            let started_tx = started_tx.clone();
+            async move {
+                started_tx.send(()).unwrap();
+                std::future::pending::<Result<(), std::io::Error>>().await
+            }
+        });
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(10))
+        .exit_reserve(Duration::from_secs(5))
+        .cancel_grace(Duration::from_secs(1))
+        .hooks(pool.hooks())
+        .on_exit("hog", move |_ctx| {
+            if hand_back_in_exit {
+                failures.store(0, Ordering::SeqCst);
+            }
+            sleep(Duration::from_secs(3600))
+        })
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    handle.stop();
+    let outcome = run.await.unwrap();
+    assert_eq!(
+        outcome.hook("jobs:close").unwrap().result,
+        HookResult::Skipped,
+        "{outcome}"
+    );
+    (outcome, pool, memory)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skipped_close_reports_the_jobs_it_could_not_hand_back_as_lost() {
+    init_tracing();
+    let (outcome, pool, memory) = close_skipped(false).await;
+    assert_eq!(
+        ids(outcome.lost().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"]),
+        "{outcome}"
+    );
+    assert!(outcome.handed_back().is_empty());
+    assert!(memory.is_empty());
+    let counters = pool.counters();
+    assert_eq!((counters.requeued, counters.lost), (0, 2));
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skipped_close_hands_back_at_once_what_the_source_takes_synchronously() {
+    init_tracing();
+    let (outcome, pool, memory) = close_skipped(true).await;
+    assert!(outcome.lost().is_empty(), "{:?}", outcome.lost());
+    assert_eq!(
+        ids(outcome.handed_back().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"])
+    );
+    assert_eq!(
+        ids(memory.queued_ids().iter().map(String::as_str)),
+        ids(["stuck-1", "stuck-2"])
+    );
+    let counters = pool.counters();
+    assert_eq!((counters.requeued, counters.lost), (2, 0));
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_whose_start_never_ran_returns_at_once() {
+    init_tracing();
+    let source = MemorySource::new(10);
+    fill(&source, &["never"]).await;
+    let pool = JobPool::builder(source.clone())
+        .build(|_job: Job, _ctx: JobContext| async { Ok::<(), std::io::Error>(()) });
+    let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+    let handle = lifecycle.handle();
+    // Two signals before the run: escalation skips startup, so `jobs:start` never runs.
+    handle.trigger(Signal::Term);
+    handle.trigger(Signal::Term);
+    let outcome = lifecycle.run().await;
+    assert_eq!(
+        outcome.hook("jobs:start").unwrap().result,
+        HookResult::Skipped,
+        "{outcome}"
+    );
+    // Whether the lifecycle runs the teardown of a skipped start or not, the close must not
+    // wait for workers that were never started.
+    let close = outcome.hook("jobs:close").unwrap();
+    assert!(
+        close.result == HookResult::Skipped
+            || (close.result == HookResult::Ok && close.elapsed < Duration::from_millis(1)),
+        "{close:?}"
+    );
+    assert!(
+        outcome.stop_elapsed() < Duration::from_millis(1),
+        "{:?} of a 25 s budget",
+        outcome.stop_elapsed()
+    );
+    assert_eq!(source.queued_ids(), ["never"]);
+    assert_eq!(pool.counters().fetched, 0);
+}
+
+/// `committed` passes its point of no return, says so, then waits for `delivered` (a message
+/// handed to a producer, waiting for its delivery report); `plain` never ends. Returns the
+/// outcome, the pool and the source, once `act` has run after both started.
+async fn point_of_no_return(
+    act: impl AsyncFnOnce(&LifecycleHandle, &mut lifecycle_hooks::EventStream, Arc<tokio::sync::Notify>),
+) -> (Outcome, JobPool<MemorySource>, MemorySource) {
+    let source = MemorySource::new(10);
+    fill(&source, &["committed", "plain"]).await;
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let pool = JobPool::builder(source.clone()).concurrency(2).build({
+        let delivered = delivered.clone();
+        move |job: Job, ctx: JobContext| {
+            let (delivered, started_tx) = (delivered.clone(), started_tx.clone());
+            async move {
+                if job.id() == "committed" {
+                    ctx.point_of_no_return();
+                    assert!(ctx.is_past_point_of_no_return());
+                    started_tx.send(()).unwrap();
+                    delivered.notified().await;
+                    // Checkpoints after the point of no return are ignored.
+                    ctx.requeue(job);
+                } else {
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    });
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(10))
+        .exit_reserve(Duration::from_secs(4))
+        .cancel_grace(Duration::from_secs(1))
+        .hooks(pool.hooks())
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let mut events = handle.subscribe();
+    let run = tokio::spawn(lifecycle.run());
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    act(&handle, &mut events, delivered).await;
+    (run.await.unwrap(), pool, source)
+}
+
+/// Only `plain` was handed back; `committed` completed and is gone from the source.
+fn assert_committed_is_never_handed_back(
+    outcome: &Outcome,
+    pool: &JobPool<MemorySource>,
+    source: &MemorySource,
+) {
+    assert_eq!(outcome.handed_back(), ["plain"], "{outcome}");
+    assert!(outcome.lost().is_empty(), "{:?}", outcome.lost());
+    assert_eq!(source.queued_ids(), ["plain"]);
+    let counters = pool.counters();
+    assert_eq!(
+        (counters.completed, counters.requeued),
+        (1, 1),
+        "{counters:?}"
+    );
+    assert_settled(counters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_is_not_cut_off_at_the_deadline() {
+    init_tracing();
+    let (outcome, pool, source) = point_of_no_return(async |handle, events, delivered| {
+        handle.stop();
+        // The deadline cuts off `plain` only; `committed` goes on, and is delivered later.
+        while !matches!(events.next().await, Some(Event::WorkCancelled { .. })) {}
+        delivered.notify_one();
+    })
+    .await;
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_is_not_cut_off_by_a_second_signal() {
+    init_tracing();
+    let (outcome, pool, source) = point_of_no_return(async |handle, events, delivered| {
+        handle.trigger(Signal::Term);
+        handle.trigger(Signal::Term);
+        while !matches!(events.next().await, Some(Event::WorkCancelled { .. })) {}
+        delivered.notify_one();
+    })
+    .await;
+    assert!(outcome.escalated(), "{outcome}");
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_point_of_no_return_that_outlives_the_exit_budget_is_acked_not_requeued() {
+    init_tracing();
+    // `committed` is never delivered.
+    let (outcome, pool, source) = point_of_no_return(async |handle, _events, _delivered| {
+        handle.stop();
+    })
+    .await;
+    assert_eq!(outcome.exit_code(), 2, "{outcome}");
+    assert!(
+        outcome.stop_elapsed() <= Duration::from_secs(10),
+        "bounded by the budget: {:?}",
+        outcome.stop_elapsed()
+    );
+    assert_committed_is_never_handed_back(&outcome, &pool, &source);
 }

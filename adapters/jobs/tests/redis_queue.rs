@@ -4,8 +4,8 @@
 //! [`bounded`] so a regression fails instead of hanging.
 
 mod common;
-mod redis_server;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use futures::StreamExt;
 use lifecycle_hooks::testing;
 use lifecycle_hooks::{HookResult, HookSpec, Outcome, Phase};
 use lifecycle_hooks_jobs::{Counters, Job, JobContext, JobPool, JobSource, RedisSource, Retry};
+use lifecycle_hooks_test_support::redis::RedisServer;
 use redis::AsyncCommands;
-use redis_server::RedisServer;
 use tokio::sync::mpsc;
 
 /// Runs a test body, failing it if it takes more than 30 s.
@@ -228,7 +228,7 @@ async fn cut_off(
         .unwrap();
     let (pool, mut rx) = pool(source, 2);
     let lifecycle = testing::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .exit_reserve(budget - Duration::from_millis(300))
         .cancel_grace(Duration::from_millis(200))
         .hooks(pool.hooks())
@@ -465,6 +465,158 @@ async fn a_job_taken_by_a_fetch_dropped_at_intake_stop_is_handed_back_at_close()
         let counters = pool.counters();
         assert_eq!((counters.fetched, counters.recovered), (0, 1));
         assert_settled(counters);
+    })
+    .await;
+}
+
+/// Queries Redis until `done` holds for the answer (a bounded loop of queries, no sleeps; the
+/// test's own bound fails it if it never does).
+async fn until<T, F>(redis: &mut redis::aio::MultiplexedConnection, command: redis::Cmd, done: F)
+where
+    T: redis::FromRedisValue,
+    F: Fn(&T) -> bool,
+{
+    loop {
+        let answer: T = command.query_async(redis).await.unwrap();
+        if done(&answer) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_process_whose_lease_lapsed_once_is_recovered_when_it_really_dies() {
+    init_tracing();
+    let server = RedisServer::start();
+    bounded(async {
+        let mut redis = raw(&server).await;
+        let lease = Duration::from_millis(300);
+        let flaky = RedisSource::builder(server.client(), "work")
+            .process_id("flaky")
+            .lease(lease)
+            .connect()
+            .await
+            .unwrap();
+        let peer = source(&server, "peer").await;
+        let keys = flaky.keys().clone();
+        flaky
+            .enqueue_all(&[Job::new("first", ""), Job::new("second", "")])
+            .await
+            .unwrap();
+        flaky.start().await.unwrap();
+        peer.start().await.unwrap();
+        let first = flaky.fetch().await.unwrap().unwrap();
+        assert_eq!(first.id(), "first");
+
+        // The lease lapses while `flaky` is alive (made immediate here), and the peer sweeps:
+        // it unregisters `flaky` and puts the job it is running back on the queue.
+        let _: i64 = redis.del(&keys.alive).await.unwrap();
+        assert_eq!(names(&peer.recover_orphans().await.unwrap()), ["first"]);
+        let members: Vec<String> = redis.smembers(&keys.processes).await.unwrap();
+        assert_eq!(members, ["peer"]);
+        // At least once: `flaky` is still running `first`, and the queue has it again, so it
+        // runs twice; the late ack finds nothing to remove.
+        assert_eq!(names(&flaky.queued().await.unwrap()), ["first", "second"]);
+        flaky.ack(&first).await.unwrap();
+        assert_eq!(names(&flaky.queued().await.unwrap()), ["first", "second"]);
+
+        // Its next heartbeat renews the lease, and registers it again with it.
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(&keys.alive);
+        until(&mut redis, exists, |alive: &bool| *alive).await;
+        let members: BTreeSet<String> = redis.smembers(&keys.processes).await.unwrap();
+        assert_eq!(
+            members,
+            ids(["flaky", "peer"]),
+            "the heartbeat registered the process again"
+        );
+
+        // Now it really dies holding two jobs.
+        assert_eq!(flaky.fetch().await.unwrap().unwrap().id(), "first");
+        assert_eq!(flaky.fetch().await.unwrap().unwrap().id(), "second");
+        drop(flaky);
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(&keys.alive);
+        until(&mut redis, exists, |alive: &bool| !*alive).await;
+        let recovered = peer.recover_orphans().await.unwrap();
+        assert_eq!(
+            ids(names(&recovered).iter().map(String::as_str)),
+            ids(["first", "second"]),
+            "its processing list is recovered, not stranded"
+        );
+        let held: i64 = redis.llen(&keys.processing).await.unwrap();
+        assert_eq!(held, 0);
+        let members: Vec<String> = redis.smembers(&keys.processes).await.unwrap();
+        assert_eq!(members, ["peer"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hand_back_retried_after_a_lost_answer_never_pushes_a_running_delivery() {
+    init_tracing();
+    let server = RedisServer::start();
+    bounded(async {
+        let mut redis = raw(&server).await;
+        let source = source(&server, "p1").await;
+        let keys = source.keys().clone();
+        source
+            .enqueue_all(&[Job::new("warm-up", ""), Job::new("again", "same")])
+            .await
+            .unwrap();
+        source.start().await.unwrap();
+        // Loads the hand-back script, so the paused call below runs it rather than asking.
+        let warm = source.fetch().await.unwrap().unwrap();
+        source.requeue(vec![warm]).await.unwrap();
+        let warm = source.fetch().await.unwrap().unwrap();
+        source.ack(&warm).await.unwrap();
+
+        let first = source.fetch().await.unwrap().unwrap();
+        assert_eq!(first.id(), "again");
+        // Writes pause for 600 ms: the hand-back times out after 200 ms and fails, but Redis
+        // runs it when the pause ends. Its answer is lost.
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(600)
+            .arg("WRITE")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let failed = source.requeue(vec![first.clone()]).await.unwrap_err();
+        assert_eq!(names(&failed.jobs), ["again"]);
+        let mut len = redis::cmd("LLEN");
+        len.arg(&keys.queue);
+        until(&mut redis, len, |queued: &i64| *queued == 1).await;
+        // Fetched again: the same bytes now stand for a delivery that is running.
+        let second = source.fetch().await.unwrap().unwrap();
+        assert_eq!(second.receipt(), first.receipt());
+
+        // The hand-back is retried (the pool does this with whatever the source says failed).
+        source.requeue(vec![first]).await.unwrap();
+        assert!(
+            source.queued().await.unwrap().is_empty(),
+            "the retry pushed the running delivery back on the queue: it would run twice at once"
+        );
+        assert_eq!(names(&source.processing().await.unwrap()), ["again"]);
+        source.ack(&second).await.unwrap();
+        assert!(source.processing().await.unwrap().is_empty());
+        assert!(source.queued().await.unwrap().is_empty());
+
+        // A hand-back of the running delivery itself still works.
+        source.enqueue(&Job::new("third", "")).await.unwrap();
+        let third = source.fetch().await.unwrap().unwrap();
+        source.requeue(vec![third.clone()]).await.unwrap();
+        assert_eq!(names(&source.queued().await.unwrap()), ["third"]);
+        source.requeue(vec![third]).await.unwrap();
+        assert_eq!(
+            names(&source.queued().await.unwrap()),
+            ["third"],
+            "a repeated hand-back is applied once"
+        );
+        assert!(source.close().await.unwrap().is_empty());
+        let tokens: bool = redis.exists(&keys.requeued).await.unwrap();
+        assert!(!tokens, "close leaves no hand-back record behind");
     })
     .await;
 }

@@ -64,7 +64,7 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let recorder = Recorder::new();
     let lifecycle = Lifecycle::builder()
         .signals(Signals::none())
-        .shutdown_timeout(Duration::from_secs(10))
+        .budget(Duration::from_secs(10))
         .hook(producer.hook())
         .observe(recorder.observer())
         .build()?;

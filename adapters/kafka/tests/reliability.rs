@@ -205,7 +205,7 @@ async fn a_skipped_close_reports_what_it_purges() {
     let (producer, topic) = stranded_producer(&mut broker, "skipped").await;
     let deliveries = queue(&producer, &topic, 4);
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_millis(600))
+        .budget(Duration::from_millis(600))
         .exit_reserve(Duration::from_millis(500))
         .hook(producer.hook())
         // Exit hooks run in reverse registration order: this one first, and it never ends.
@@ -239,7 +239,7 @@ async fn a_skipped_close_reports_what_it_purges() {
 async fn a_skipped_close_with_nothing_queued_loses_nothing() {
     let producer = Producer::builder().build().expect("a producer");
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_millis(300))
+        .budget(Duration::from_millis(300))
         .exit_reserve(Duration::from_millis(200))
         .hook(producer.hook())
         .on_exit("slow", |_ctx| std::future::pending::<()>())
@@ -460,7 +460,7 @@ async fn a_close_hook_cut_off_reports_what_it_leaves() {
     let servers = producer.bootstrap_servers().to_owned();
     let deliveries = queue(&producer, &topic, 3);
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(30))
+        .budget(Duration::from_secs(30))
         .hook(producer.hook())
         .build()
         .expect("a valid graph");
@@ -538,7 +538,7 @@ async fn messages_failing_during_the_close_are_reported_lost() {
     // Fire and forget: nobody awaits these results.
     drop(queue(&producer, &topic, 5));
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(8))
+        .budget(Duration::from_secs(8))
         .exit_reserve(Duration::from_secs(7))
         .hook(producer.hook())
         .build()
@@ -585,7 +585,7 @@ fn a_stop_during_a_long_startup_check_does_not_hold_the_exit() {
                     .build()
                     .expect("a producer");
                 let lifecycle = testing::builder()
-                    .shutdown_timeout(Duration::from_secs(1))
+                    .budget(Duration::from_secs(1))
                     .hooks(producer.hooks())
                     .build()
                     .expect("a valid graph");

@@ -21,7 +21,7 @@ pub(crate) async fn drain_sends_are_delivered(broker: Broker) {
     let producer = broker.producer().build().expect("a producer");
     let recorder = Recorder::new();
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_secs(30))
+        .budget(Duration::from_secs(30))
         .hook(producer.hook())
         .observe(recorder.observer())
         .build()
@@ -205,7 +205,7 @@ pub(crate) async fn broker_down_at_exit_is_bounded_and_reported(mut broker: Brok
 
     let budget = Duration::from_secs(3);
     let lifecycle = testing::builder()
-        .shutdown_timeout(budget)
+        .budget(budget)
         .exit_reserve(Duration::from_secs(2))
         .hook(producer.hook())
         .build()
@@ -459,7 +459,7 @@ pub(crate) async fn skipped_close_reports_what_it_purges(mut broker: Broker) {
         })
         .collect();
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_millis(600))
+        .budget(Duration::from_millis(600))
         .exit_reserve(Duration::from_millis(500))
         .hook(producer.hook())
         // Exit hooks run in reverse registration order: this one first, and it never ends.

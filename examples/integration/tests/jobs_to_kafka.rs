@@ -4,14 +4,6 @@
 
 mod support;
 
-#[allow(dead_code)]
-#[path = "../adapters/jobs/tests/redis_server/mod.rs"]
-mod redis_server;
-
-#[allow(dead_code)]
-#[path = "../adapters/kafka/tests/support/mod.rs"]
-mod kafka_support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -37,6 +29,32 @@ fn summary(lines: &[String]) -> HashMap<String, String> {
 
 fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
     summary[key].parse().unwrap()
+}
+
+/// The summary line adds up, in every scenario: each fetched job ended one way, each queued
+/// message ended one way (or is still in flight), and each queued message belongs to a job that
+/// was settled by it (completed or failed), never to one handed back to run again.
+fn assert_ledger(summary: &HashMap<String, String>) {
+    let n = |key| number(summary, key);
+    assert_eq!(
+        n("jobs_fetched"),
+        n("jobs_completed") + n("jobs_failed") + n("jobs_requeued") + n("jobs_lost"),
+        "jobs: {summary:?}"
+    );
+    assert_eq!(
+        n("messages_sent"),
+        n("messages_delivered") + n("messages_failed") + n("messages_in_flight"),
+        "messages: {summary:?}"
+    );
+    assert!(n("undelivered") <= n("messages_failed"), "{summary:?}");
+    assert!(
+        n("messages_sent") <= n("jobs_completed") + n("jobs_failed"),
+        "a message was queued by a job that was handed back: {summary:?}"
+    );
+    assert!(
+        n("messages_delivered") <= n("jobs_completed"),
+        "{summary:?}"
+    );
 }
 
 /// Runs the demo, sends `signal` once it is ready and, with `busy`, once that many jobs are in
@@ -69,14 +87,7 @@ fn run_timed(
     let (lines, status) = service.finish();
     let took = signalled.elapsed();
     let summary = summary(&lines);
-    // The ledger holds in every scenario.
-    assert_eq!(
-        number(&summary, "jobs_fetched"),
-        number(&summary, "jobs_completed")
-            + number(&summary, "jobs_failed")
-            + number(&summary, "jobs_requeued"),
-        "{summary:?}"
-    );
+    assert_ledger(&summary);
     (summary, status.code().expect("an exit code"), took)
 }
 
@@ -140,6 +151,60 @@ fn jobs_longer_than_the_budget_are_requeued_and_the_exit_is_forced() {
     assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
 }
 
+#[test]
+fn a_job_whose_message_is_queued_is_settled_by_it_and_never_handed_back() {
+    // A broker that never answers (a closed loopback port): every message stays queued, so the
+    // drain deadline comes while each running job waits for its delivery report.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let (summary, code, took) = run_timed(
+        &[
+            "--brokers",
+            &brokers,
+            // Nothing answers there: without the startup check, the service runs anyway.
+            "--connect-timeout-ms",
+            "0",
+            "--job-ms",
+            "20",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+        Signal::SIGTERM,
+        Some(8),
+    );
+    let sent = number(&summary, "messages_sent");
+    let completed = number(&summary, "jobs_completed");
+    let failed = number(&summary, "jobs_failed");
+    assert!(
+        sent >= 8,
+        "the running jobs queued their messages: {summary:?}"
+    );
+    // No job was handed back after its message was queued: each queued message belongs to a
+    // job that was settled by it (completed, or failed by its delivery).
+    assert_eq!(
+        number(&summary, "jobs_requeued"),
+        0,
+        "a job whose message is queued must not run again: {summary:?}"
+    );
+    assert!(sent <= completed + failed, "{summary:?}");
+    assert!(
+        number(&summary, "messages_delivered") <= completed,
+        "{summary:?}"
+    );
+    // The undelivered messages are purged at close and reported: not a clean exit. The ledger
+    // says where each went.
+    assert_eq!(number(&summary, "undelivered"), sent, "{summary:?}");
+    assert_eq!(number(&summary, "messages_failed"), sent, "{summary:?}");
+    assert_eq!(number(&summary, "messages_in_flight"), 0, "{summary:?}");
+    assert_eq!(number(&summary, "messages_delivered"), 0, "{summary:?}");
+    assert_eq!(number(&summary, "jobs_lost"), 0, "{summary:?}");
+    assert_ne!(code, 0, "{summary:?}");
+    assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
+}
+
 /// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,
 /// bounded by `PATIENCE` per message), and returns every key read.
 fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
@@ -174,8 +239,8 @@ fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Ve
 async fn rolling_restarts_under_load_lose_no_job() {
     const JOBS: usize = 400;
     const RESTARTS: usize = 4;
-    let redis = redis_server::RedisServer::start();
-    let broker = kafka_support::Broker::tansu().await;
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let broker = lifecycle_hooks_test_support::kafka::Broker::tansu().await;
     let topic = broker.topic("jobs-to-kafka", 2).await;
     let servers = broker.bootstrap_servers();
     let url = redis.url();
@@ -213,7 +278,9 @@ async fn rolling_restarts_under_load_lose_no_job() {
     last.signal(Signal::SIGTERM);
     let (lines, status) = last.finish();
     assert_eq!(status.code(), Some(0));
-    completed += number(&summary(&lines), "jobs_completed");
+    let last_summary = summary(&lines);
+    assert_ledger(&last_summary);
+    completed += number(&last_summary, "jobs_completed");
 
     let distinct: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), JOBS);
@@ -227,4 +294,32 @@ async fn rolling_restarts_under_load_lose_no_job() {
         source.queued().await.unwrap().is_empty(),
         "nothing left queued"
     );
+}
+
+/// The unit's claim holds: with no broker answering, startup fails (status 1) before the service
+/// ever reports ready, naming the brokers, instead of running with every send waiting.
+#[test]
+fn with_no_broker_answering_startup_fails_before_ready() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut demo = Service::spawn(
+        "jobs_to_kafka",
+        &["--brokers", &brokers, "--connect-timeout-ms", "500"],
+        &[],
+    );
+    let started = Instant::now();
+    let (lines, status) = {
+        let log = demo.expect_log(|l| l.contains(&brokers));
+        assert!(log.contains("connect"), "{log}");
+        demo.finish()
+    };
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ready pid=")),
+        "{lines:?}"
+    );
+    assert!(started.elapsed() < PATIENCE);
 }

@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lifecycle_hooks::{DEFAULT_SHUTDOWN_TIMEOUT, ExitCodes};
+use lifecycle_hooks::{DEFAULT_BUDGET, ExitCodes};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Time a process needs after its budget to actually exit, at the very least.
 const MIN_EXIT_MARGIN: Duration = Duration::from_secs(1);
 
 fn read(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    // The workspace root, two levels above this package.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -28,7 +31,7 @@ fn budget_of<'a>(args: impl IntoIterator<Item = &'a str>) -> Duration {
                 .and_then(|v| v.parse().ok())
                 .expect("--shutdown-timeout-ms takes milliseconds"),
         ),
-        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        None => DEFAULT_BUDGET,
     }
 }
 

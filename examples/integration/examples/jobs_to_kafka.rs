@@ -8,10 +8,16 @@
 //! `kill -TERM <pid>` (status 0), restart it with `kill -USR2 <pid>` (status 4).
 //!
 //! stdout: `ready pid=<pid>` once running, then one last `summary ...` line; progress goes to
-//! stderr. Flags: `--concurrency N` (8), `--job-ms N` (50), `--close-producer-on exit|shutdown`,
+//! stderr. The summary is a ledger that adds up: `jobs_fetched = jobs_completed + jobs_failed +
+//! jobs_requeued + jobs_lost` (lost: neither finished nor handed back), `messages_sent =
+//! messages_delivered + messages_failed + messages_in_flight` (failed includes the `undelivered`
+//! ones purged at close), and every queued message belongs to a completed or failed job, never
+//! to a requeued one. Flags: `--concurrency N` (8), `--job-ms N` (50), `--close-producer-on exit|shutdown`,
 //! `--shutdown-timeout-ms N` (25000), `--brokers LIST`, `--topic NAME` (`jobs`),
 //! `--redis URL` with `--queue NAME` (`jobs`), `--enqueue N` (push N jobs `job-0..` first),
-//! `--http-port N` (serve `/ready` for a Kubernetes readiness probe).
+//! `--http-port N` (serve `/ready` for a Kubernetes readiness probe), `--connect-timeout-ms N`
+//! (5000: startup checks that a broker answers within it before the service reports ready; 0
+//! turns the check off).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -21,8 +27,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use lifecycle_hooks::{Event, Lifecycle, LifecycleHandle, Outcome, Phase};
 use lifecycle_hooks_jobs::{Job, JobContext, JobPool, JobSource, MemorySource, RedisSource};
-use lifecycle_hooks_kafka::Producer;
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
+use lifecycle_hooks_kafka::{Producer, SendError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,6 +45,7 @@ struct Options {
     queue: String,
     enqueue: usize,
     http_port: Option<u16>,
+    connect_timeout: Duration,
 }
 
 impl Options {
@@ -54,6 +61,7 @@ impl Options {
             queue: "jobs".into(),
             enqueue: 0,
             http_port: None,
+            connect_timeout: Duration::from_secs(5),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -84,6 +92,9 @@ impl Options {
                 "--queue" => options.queue = value,
                 "--enqueue" => options.enqueue = number("a count")? as usize,
                 "--http-port" => options.http_port = Some(number("a port")? as u16),
+                "--connect-timeout-ms" => {
+                    options.connect_timeout = Duration::from_millis(number("milliseconds")?)
+                }
                 _ => return Err(format!("unknown flag `{flag}`")),
             }
         }
@@ -112,6 +123,11 @@ async fn main() -> Result<Outcome, BoxError> {
         Options::parse().map_err(|e| format!("{e}\n(see the top of examples/jobs_to_kafka.rs)"))?;
 
     let mut producer = Producer::builder().close_on(options.close_on.clone());
+    producer = if options.connect_timeout.is_zero() {
+        producer.connect_on_startup(false)
+    } else {
+        producer.connect_timeout(options.connect_timeout)
+    };
     if let Some(brokers) = &options.brokers {
         producer = producer.bootstrap_servers(brokers.clone());
     }
@@ -165,20 +181,20 @@ async fn serve<S: JobSource>(
         });
 
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(options.budget)
+        .budget(options.budget)
         // Exit hooks run in reverse registration order: the pool closes its source first, then
         // the producer flushes what the last jobs sent.
-        .hook(producer.hook())
+        .hooks(producer.hooks())
         .hooks(pool.hooks())
         .observe(|event| match event {
             Event::Ready => say(format_args!("ready pid={}", std::process::id())),
             Event::Draining {
                 in_flight,
-                time_left,
+                drain_left,
             } => tracing::info!(
                 target: "jobs_to_kafka",
                 "draining: {in_flight} jobs in flight, {:.1} s left",
-                time_left.as_secs_f64()
+                drain_left.as_secs_f64()
             ),
             _ => {}
         })
@@ -196,7 +212,7 @@ async fn serve<S: JobSource>(
     let jobs = pool.counters();
     let messages = producer.stats();
     say(format_args!(
-        "summary reason={} exit_code={} jobs_fetched={} jobs_completed={} jobs_failed={} jobs_requeued={} messages_sent={} messages_delivered={} producer_closed_errors={} undelivered={}",
+        "summary reason={} exit_code={} jobs_fetched={} jobs_completed={} jobs_failed={} jobs_requeued={} messages_sent={} messages_delivered={} producer_closed_errors={} undelivered={} jobs_lost={} messages_failed={} messages_in_flight={}",
         outcome.reason(),
         outcome.exit_code(),
         jobs.fetched,
@@ -207,12 +223,18 @@ async fn serve<S: JobSource>(
         messages.delivered,
         closed_errors.load(Ordering::Relaxed),
         messages.purged,
+        jobs.lost,
+        messages.failed,
+        messages.in_flight,
     ));
     outcome
 }
 
-/// One job: work for `job_time`, then publish one message keyed by the job id. At the drain
-/// deadline the pool cancels it and hands it back; nothing is published twice for it.
+/// One job: work for `job_time`, then publish one message keyed by the job id. Until the
+/// message is queued, the deadline (or a second signal) cuts the job off and the pool hands it
+/// back; once it is queued, the job is past its point of no return: it is settled by its
+/// delivery (acknowledged, or failed if the delivery fails) and never handed back, so nothing
+/// is published twice for it.
 async fn publish(
     job: Job,
     ctx: JobContext,
@@ -223,8 +245,24 @@ async fn publish(
 ) -> Result<(), BoxError> {
     tokio::time::sleep(job_time).await;
     let payload = format!("{} done", job.id());
-    let record = FutureRecord::to(topic).key(job.id()).payload(&payload);
-    match producer.send(record).await {
+    let record = || FutureRecord::to(topic).key(job.id()).payload(&payload);
+    let delivered = match producer.try_send(record()) {
+        Ok(delivery) => {
+            // Queued in librdkafka: it is delivered (or purged at close) whatever happens to
+            // this job now. Declared before the next `.await`, so no cut-off falls in between.
+            ctx.point_of_no_return();
+            delivery.await
+        }
+        Err(SendError::QueueFull { .. }) => {
+            // librdkafka's queue is full: `send` waits for room and may queue the message at
+            // any point of that wait, so the point of no return comes first. Such a job is
+            // bounded by the producer's queue timeout instead of the drain deadline.
+            ctx.point_of_no_return();
+            producer.send(record()).await
+        }
+        Err(error) => Err(error),
+    };
+    match delivered {
         Ok(_) => Ok(()),
         Err(error) => {
             if error.is_closed() {

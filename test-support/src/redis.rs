@@ -5,7 +5,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 
 /// A running `redis-server` with no persistence, bound to loopback only.
-pub(crate) struct RedisServer {
+pub struct RedisServer {
     child: Option<Child>,
     port: u16,
 }
@@ -17,7 +17,7 @@ impl RedisServer {
     ///
     /// If `redis-server` is not installed (`.ci/setup.d/20-redis.sh` installs it) or does not
     /// start.
-    pub(crate) fn start() -> RedisServer {
+    pub fn start() -> RedisServer {
         // Another process may take the port between our probe and the server's bind; then the
         // server exits before it is ready, and we try another port.
         for _ in 0..5 {
@@ -68,17 +68,17 @@ impl RedisServer {
     }
 
     /// `redis://127.0.0.1:PORT/`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
     /// A client for this server.
-    pub(crate) fn client(&self) -> redis::Client {
+    pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("a valid URL")
     }
 
     /// Kills the server now (a crash, as far as clients can tell).
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -1,5 +1,8 @@
 //! The worker pool and its hooks. See [`JobPool`].
 //!
+//! Three files: this one, the pool's API and its hooks; [`worker`], the worker loop and a
+//! job's run; [`hand_back`], the jobs waiting to go back to the source.
+//!
 //! # Invariants
 //!
 //! 1. Every fetched job ends in exactly one of completed (acked), failed (`JobSource::fail`),
@@ -10,39 +13,43 @@
 //!    the exit hook's retries), a job holds a lifecycle work guard, so the runtime's wait and
 //!    cancel grace cover its requeue, and exit hooks begin only after it.
 //! 4. A job waiting for hand-back stays in `HandBack::jobs` until the source confirms it; the
-//!    exit hook reports whatever is still there as lost, and nothing more is counted for it.
+//!    exit hook reports whatever is still there as lost, and nothing more is counted for it. If
+//!    the exit hook never runs, its skip callback does the same at once (after one synchronous
+//!    hand-back attempt), before the outcome is built.
 //! 5. A running job sits in its worker's `current` slot; whoever takes it out settles it: the
 //!    worker when the handler ends, or the exit hook for a job that outlived every deadline.
+//! 6. A job that passed its point of no return (`JobContext::point_of_no_return`) is never cut
+//!    off nor handed back: it ends completed (acked) or failed, or, if it outlives the exit
+//!    budget or the close is skipped, acked as completed (reported lost only if that ack
+//!    cannot be made).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use lifecycle_hooks::{BoxError, HookContext, HookSpec, LifecycleHandle, Phase};
+use lifecycle_hooks::{BoxError, HookContext, HookSpec, Phase};
 use parking_lot::Mutex;
-use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::context::{Bound, JobContext, Worker};
+use crate::context::{JobContext, JobState};
 use crate::counters::{Cells, Counters};
-use crate::errors::{JobFailure, PoolError};
+use crate::errors::PoolError;
 use crate::job::Job;
-use crate::retry::{MaxAttempts, Retry, RetryPolicy};
+use crate::retry::{MaxAttempts, RetryPolicy};
 use crate::source::JobSource;
+
+mod hand_back;
+mod worker;
+
+use hand_back::HandBack;
+use worker::{Bound, Worker, work};
 
 /// The default number of jobs that run at once.
 pub const DEFAULT_CONCURRENCY: usize = 10;
-
-/// First and last pause between fetch attempts after the source failed.
-const FETCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 /// First and last pause between requeue attempts in the exit hook.
 const REQUEUE_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 /// The exit hook's budget when the lifecycle gives it no deadline.
@@ -61,7 +68,12 @@ type BoxHandler =
 /// |---|---|---|
 /// | `jobs:start` | `startup` | [`JobSource::start`] (recover orphans), start the workers; they fetch once the service is ready |
 /// | `jobs:stop_fetching` | `stop_intake` | stop fetching (intake stopping already halts the workers: the hook makes it visible in the outcome and halts them under a custom graph too); a fetch still pending is dropped, and a job that a fetch returned after intake stopped is handed back, never run |
-/// | `jobs:close` | `exit` | wait for the workers, retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters |
+/// | `jobs:close` | `exit` | wait for the workers, retry failed hand-backs with backoff inside the exit budget, report what still failed as lost, [`JobSource::close`], log the counters; returns at once if `jobs:start` never ran |
+///
+/// If `jobs:close` never runs (an earlier exit hook used the budget up), the jobs it would have
+/// settled are not dropped silently: the jobs still running or waiting for hand-back are handed
+/// back in one synchronous attempt (a source that needs no I/O, like [`MemorySource`](crate::MemorySource),
+/// takes them), and whatever that does not settle is reported in `Outcome::lost` by id.
 ///
 /// Each job holds a lifecycle work guard from its fetch until it is settled, so
 /// `LifecycleHandle::in_flight` counts running jobs and the `wait` phase waits for them.
@@ -69,7 +81,9 @@ type BoxHandler =
 /// job can checkpoint with [`JobContext::requeue`]. At the drain deadline the lifecycle cancels
 /// what is still running: each such job is dropped at its next `.await` and handed back with
 /// [`JobSource::requeue`] before the exit phase begins (Sidekiq's `bulk_requeue`); the ids are in
-/// `Outcome::handed_back` and the count in [`Counters::requeued`]. A handler that panics fails its
+/// `Outcome::handed_back` and the count in [`Counters::requeued`]. A job that declared
+/// [`JobContext::point_of_no_return`] (its effect is made and must not be made twice) is not cut
+/// off: it runs to its end and is acknowledged, bounded by the exit hook's wait. A handler that panics fails its
 /// job only; the [`RetryPolicy`] decides whether it runs again.
 ///
 /// ```
@@ -251,12 +265,14 @@ impl<S: JobSource> JobPool<S> {
         };
         let close = {
             let inner = Arc::clone(&self.inner);
+            let skipped = Arc::clone(&self.inner);
             HookSpec::new(
                 Phase::EXIT,
                 self.inner.close_hook.clone(),
                 move |ctx: HookContext| Arc::clone(&inner).close(ctx),
             )
             .teardown_of(self.inner.start_hook.clone())
+            .on_skipped(move |handle| skipped.close_skipped(handle))
         };
         vec![start, stop, close]
     }
@@ -306,14 +322,6 @@ struct Inner<S> {
     lane: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
-struct HandBack {
-    /// Unfinished jobs not yet confirmed requeued; still in flight.
-    jobs: Vec<Job>,
-    /// How many of `jobs` were added since the last requeue attempt.
-    fresh: usize,
-}
-
 impl<S: JobSource> Inner<S> {
     async fn start(self: Arc<Self>, ctx: HookContext) -> Result<(), PoolError> {
         if self.started.swap(true, Ordering::AcqRel) {
@@ -341,9 +349,9 @@ impl<S: JobSource> Inner<S> {
         }
         let handle = ctx.handle().clone();
         let bound = Arc::new(Bound {
-            halt: handle.intake_token(),
-            drain: handle.drain_token(),
-            cancel: handle.cancel_token(),
+            halt: handle.intake_stopped().token(),
+            drain: handle.draining().token(),
+            cancel: handle.cancelled().token(),
             handle,
         });
         let workers: Vec<Arc<Worker>> = (0..self.concurrency)
@@ -390,9 +398,21 @@ impl<S: JobSource> Inner<S> {
 
     async fn close(self: Arc<Self>, ctx: HookContext) -> Result<(), PoolError> {
         let handle = ctx.handle();
-        if let Some(bound) = self.bound.get() {
-            bound.halt.cancel();
+        // Acquire: pairs with the start hook's swap.
+        if !self.started.load(Ordering::Acquire) {
+            // The lifecycle ran this teardown for a start that never ran (skipped by an
+            // escalation): no worker, no job, nothing opened.
+            tracing::info!(pool = %self.name, "the pool never started: nothing to close");
+            return Ok(());
         }
+        let workers_started = match self.bound.get() {
+            Some(bound) => {
+                bound.halt.cancel();
+                true
+            }
+            // The start hook was cut off before it started the workers.
+            None => false,
+        };
         let now = Instant::now();
         let time_left = ctx.time_left().unwrap_or(UNBOUNDED_CLOSE);
         // Retries get three quarters of what is left, closing the source most of the rest, so
@@ -401,22 +421,35 @@ impl<S: JobSource> Inner<S> {
         let close_until = now + time_left * 9 / 10;
 
         // Every worker out: its job ended, or is waiting for hand-back.
-        if timeout_at(retry_until, self.tasks.wait()).await.is_err() {
-            let abandoned: Vec<Job> = self
+        if workers_started && timeout_at(retry_until, self.tasks.wait()).await.is_err() {
+            let abandoned: Vec<(Job, Arc<JobState>)> = self
                 .workers
                 .get()
                 .into_iter()
                 .flatten()
                 .filter_map(|worker| worker.current.lock().take())
                 .collect();
-            let ids: Vec<&str> = abandoned.iter().map(Job::id).collect();
-            tracing::error!(
-                pool = %self.name,
-                ?ids,
-                "jobs still running past every deadline (a handler that ignores cancellation): handing them back"
-            );
-            for job in abandoned {
+            let (settled, unfinished): (Vec<_>, Vec<_>) = abandoned
+                .into_iter()
+                .partition(|(_, state)| state.past_no_return());
+            if !unfinished.is_empty() {
+                let ids: Vec<&str> = unfinished.iter().map(|(job, _)| job.id()).collect();
+                tracing::error!(
+                    pool = %self.name,
+                    ?ids,
+                    "jobs still running past every deadline (a handler that ignores cancellation): handing them back"
+                );
+            }
+            for (job, _) in unfinished {
                 self.queue_hand_back(job);
+            }
+            for (job, _) in settled {
+                tracing::error!(
+                    pool = %self.name,
+                    id = job.id(),
+                    "a job past its point of no return is still running at the end of the exit budget: acknowledged, never handed back"
+                );
+                self.ack_as_completed(&job).await;
             }
         }
 
@@ -479,251 +512,4 @@ impl<S: JobSource> Inner<S> {
             None => Ok(()),
         }
     }
-
-    /// Queues an unfinished job for hand-back; it stays in flight until the source confirms.
-    fn queue_hand_back(&self, job: Job) {
-        let mut hand_back = self.hand_back.lock();
-        hand_back.jobs.push(job);
-        hand_back.fresh += 1;
-    }
-
-    /// Requeues the jobs waiting for hand-back in one batch. Without `force`, only if some were
-    /// added since the last attempt (retries are the exit hook's). True when none is left.
-    async fn flush(&self, handle: &LifecycleHandle, force: bool) -> bool {
-        let _lane = self.lane.lock().await;
-        let batch = {
-            let mut hand_back = self.hand_back.lock();
-            if hand_back.jobs.is_empty() || !force && hand_back.fresh == 0 {
-                return hand_back.jobs.is_empty();
-            }
-            hand_back.fresh = 0;
-            hand_back.jobs.clone()
-        };
-        let mut failed: HashMap<String, usize> = HashMap::new();
-        if let Err(error) = self.source.requeue(batch.clone()).await {
-            self.counters.source_errors.add(1);
-            tracing::warn!(
-                pool = %self.name,
-                error = %chain(&error),
-                count = error.jobs.len(),
-                "requeue failed; the exit hook retries with backoff"
-            );
-            for job in error.jobs {
-                *failed.entry(job.id().to_owned()).or_default() += 1;
-            }
-        }
-        let mut hand_back = self.hand_back.lock();
-        let mut done = Vec::new();
-        for job in batch {
-            if let Some(count) = failed.get_mut(job.id()).filter(|count| **count > 0) {
-                *count -= 1;
-                continue;
-            }
-            // Absent if the exit hook already wrote it off: then it is counted there.
-            if remove_one(&mut hand_back.jobs, job.id()) {
-                handle.report_handed_back(job.id());
-                done.push(job);
-            }
-        }
-        let left = hand_back.jobs.is_empty();
-        drop(hand_back);
-        if !done.is_empty() {
-            self.counters.requeued.add(done.len() as u64);
-            let ids: Vec<&str> = done.iter().map(Job::id).collect();
-            tracing::info!(pool = %self.name, count = ids.len(), ?ids, "jobs handed back to the queue");
-        }
-        left
-    }
-
-    /// Jobs the source put back on the queue while closing: ours if we were still waiting to
-    /// hand them back, otherwise taken by a dropped fetch and never run.
-    fn returned_by_source(&self, handle: &LifecycleHandle, returned: Vec<Job>) {
-        if returned.is_empty() {
-            return;
-        }
-        let mut ours = 0;
-        {
-            let mut hand_back = self.hand_back.lock();
-            for job in &returned {
-                handle.report_handed_back(job.id());
-                if remove_one(&mut hand_back.jobs, job.id()) {
-                    ours += 1;
-                }
-            }
-        }
-        self.counters.requeued.add(ours as u64);
-        self.counters.recovered.add((returned.len() - ours) as u64);
-        let ids: Vec<&str> = returned.iter().map(Job::id).collect();
-        tracing::info!(pool = %self.name, count = ids.len(), ?ids, "the source handed back jobs it held");
-    }
 }
-
-/// Removes the first job with this id; false if there is none.
-fn remove_one(jobs: &mut Vec<Job>, id: &str) -> bool {
-    match jobs.iter().position(|job| job.id() == id) {
-        Some(at) => {
-            jobs.swap_remove(at);
-            true
-        }
-        None => false,
-    }
-}
-
-/// One worker (a Sidekiq processor): once the service is ready, fetches a job, runs it, settles
-/// it, and again, until it is halted or the source closes.
-async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>) {
-    let handle = &worker.bound.handle;
-    let mut ready = handle.readiness();
-    tokio::select! {
-        biased;
-        () = worker.halt.cancelled() => return,
-        ready = ready.wait_for(|ready| *ready) => if ready.is_err() { return },
-    }
-    drop(ready);
-
-    let mut seq: u64 = 0;
-    let (mut backoff, max_backoff) = FETCH_BACKOFF;
-    loop {
-        // Once halted, no fetch starts, and a pending one is dropped (fetch is cancel safe).
-        if worker.halt.is_cancelled() {
-            return;
-        }
-        let fetch = inner.source.fetch();
-        tokio::pin!(fetch);
-        // A job already waiting is taken without registering for the halt (the common case
-        // under load); otherwise wait for either, the halt first.
-        let fetched = match futures::poll!(fetch.as_mut()) {
-            Poll::Ready(fetched) => fetched,
-            Poll::Pending => tokio::select! {
-                biased;
-                () = worker.halt.cancelled() => return,
-                fetched = &mut fetch => fetched,
-            },
-        };
-        let job = match fetched {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                tracing::debug!(pool = %inner.name, "the source is closed: the worker stops");
-                return;
-            }
-            Err(error) => {
-                inner.counters.source_errors.add(1);
-                tracing::warn!(
-                    pool = %inner.name,
-                    error = %chain(&error),
-                    backoff_ms = backoff.as_millis() as u64,
-                    "fetch failed; retrying"
-                );
-                tokio::select! {
-                    biased;
-                    () = worker.halt.cancelled() => return,
-                    () = sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(max_backoff);
-                continue;
-            }
-        };
-        backoff = FETCH_BACKOFF.0;
-        inner.counters.fetched.add(1);
-        let guard = handle.work_guard();
-        // The fetch completed while intake was stopping (on another thread).
-        if worker.halt.is_cancelled() {
-            tracing::info!(pool = %inner.name, id = job.id(), "fetched after intake stopped: handing it back unrun");
-            inner.queue_hand_back(job);
-            inner.flush(handle, false).await;
-            drop(guard);
-            return;
-        }
-        seq += 1;
-        let span = tracing::info_span!(
-            "job",
-            pool = %inner.name,
-            id = job.id(),
-            queue = job.queue(),
-            attempt = job.attempt()
-        );
-        let settled = AssertUnwindSafe(run(&inner, &worker, seq, job).instrument(span))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = settled {
-            inner.counters.source_errors.add(1);
-            tracing::error!(pool = %inner.name, panic = %panic_message(&*panic), "the job source panicked while settling a job");
-        }
-        drop(guard);
-    }
-}
-
-/// Runs one job to its end: acked, failed, or handed back.
-async fn run<S: JobSource>(inner: &Inner<S>, worker: &Arc<Worker>, seq: u64, job: Job) {
-    let ctx = JobContext {
-        worker: Arc::clone(worker),
-        seq,
-    };
-    let for_handler = job.clone();
-    *worker.current.lock() = Some(job);
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (inner.handler)(for_handler, ctx)));
-    let ran = match started {
-        Err(panic) => Some(Err(JobFailure::Panicked(panic_message(&*panic)))),
-        Ok(handler) => tokio::select! {
-            biased;
-            result = AssertUnwindSafe(handler).catch_unwind() => Some(match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(JobFailure::Error(error)),
-                Err(panic) => Err(JobFailure::Panicked(panic_message(&*panic))),
-            }),
-            () = worker.cancel.cancelled() => None,
-        },
-    };
-    let checkpoint = worker
-        .checkpoint
-        .lock()
-        .take()
-        .and_then(|(at, job)| (at == seq).then_some(job));
-    let Some(job) = worker.current.lock().take() else {
-        tracing::warn!(pool = %inner.name, "a job ended after the exit hook had handed it back");
-        return;
-    };
-    match ran {
-        None => {
-            tracing::warn!(pool = %inner.name, id = job.id(), "cancelled at the drain deadline: handing it back");
-            inner.queue_hand_back(job);
-            inner.flush(&worker.bound.handle, false).await;
-        }
-        Some(Ok(())) => match checkpoint {
-            Some(next) => {
-                tracing::info!(pool = %inner.name, id = next.id(), "checkpointed: handing it back");
-                // The checkpoint replaces this delivery, whatever the handler built.
-                let next = next
-                    .with_receipt(job.receipt().clone())
-                    .with_queue(job.shared_queue().clone());
-                inner.queue_hand_back(next);
-                inner.flush(&worker.bound.handle, false).await;
-            }
-            None => {
-                if let Err(error) = inner.source.ack(&job).await {
-                    inner.counters.source_errors.add(1);
-                    tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "ack failed; the job may run again");
-                }
-                inner.counters.completed.add(1);
-            }
-        },
-        Some(Err(failure)) => {
-            let retry = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                inner.retry.decide(&job, &failure)
-            }))
-            .unwrap_or_else(|panic| {
-                tracing::error!(pool = %inner.name, id = job.id(), panic = %panic_message(&*panic), "the retry policy panicked; the job goes to the dead jobs");
-                Retry::Dead
-            });
-            tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&failure), ?retry, "job failed");
-            if let Err(error) = inner.source.fail(&job, retry).await {
-                inner.counters.source_errors.add(1);
-                tracing::error!(pool = %inner.name, id = job.id(), error = %chain(&error), "recording the failure failed; the job may run again");
-            }
-            inner.counters.failed.add(1);
-        }
-    }
-}
-
-pub(crate) use lifecycle_hooks::errors::chain;
-use lifecycle_hooks::errors::panic_message;

@@ -2,7 +2,9 @@
 //! binary while it receives a real `SIGTERM`. Every request sent while the server said it was
 //! ready gets a 2xx, `/ready` turns 503 before the listener closes, requests in flight outlive the
 //! listener, and the process exits 0; a request longer than the drain deadline is cancelled and the
-//! exit is forced (status 2).
+//! exit is forced (status 2). A client that sent half a request line, or an idle keep-alive one,
+//! does not hold the stop; the SSE stream ends cleanly and the WebSocket closes with 1001 when the
+//! service drains.
 
 mod support;
 
@@ -311,4 +313,183 @@ fn a_request_longer_than_the_drain_deadline_is_cancelled_and_the_exit_is_forced(
         "{lines:#?}"
     );
     assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn half_a_request_line_and_an_idle_client_do_not_hold_a_clean_stop() {
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut half, idle_closed) = runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut half = TcpStream::connect(addr).await.expect("the server accepts");
+        half.write_all(b"GET /wo").await.unwrap();
+        let stream = TcpStream::connect(addr).await.expect("the server accepts");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let idle_closed = tokio::spawn(connection);
+        let request = Request::get("/work?ms=1")
+            .header(hyper::header::HOST, "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+        (half, (idle_closed, sender))
+    });
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let (lines, status) = server.finish();
+    let exited = signalled.elapsed();
+
+    assert_eq!(
+        &lines[lines.len() - 2..],
+        [
+            "http completed=1 cut=0 aborted=0",
+            "summary reason=stop exit_code=0 forced=false"
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(status.code(), Some(0));
+    // The drain deadline is 20 s after the signal: neither connection held the stop.
+    assert!(exited < Duration::from_secs(5), "the stop took {exited:?}");
+    runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, half.read_to_end(&mut rest))
+            .await
+            .expect("the half-sent connection is closed");
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "no answer to half a request: {rest:?}"
+        );
+        let (idle_closed, _sender) = idle_closed;
+        tokio::time::timeout(PATIENCE, idle_closed)
+            .await
+            .expect("the idle keep-alive connection is closed")
+            .unwrap()
+            .expect("a clean close");
+    });
+}
+
+#[test]
+fn the_event_stream_ends_cleanly_when_the_service_drains() {
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (text, body) = runtime.block_on(async {
+        let stream = TcpStream::connect(addr).await.expect("the server accepts");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("/events")
+            .header(hyper::header::HOST, "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().get(hyper::header::CONTENT_TYPE).unwrap(),
+            "text/event-stream"
+        );
+        let mut body = response.into_body();
+        let mut text = String::new();
+        while !text.contains("data: tick 2\n\n") {
+            let frame = tokio::time::timeout(PATIENCE, body.frame())
+                .await
+                .expect("an event every 100 ms")
+                .expect("the stream goes on")
+                .expect("a clean frame");
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        (text, body)
+    });
+    server.signal(Signal::SIGTERM);
+    let text = runtime.block_on(async move {
+        let rest = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .expect("the stream ends when the service drains")
+            .expect("it ends cleanly, not cut");
+        text + std::str::from_utf8(&rest.to_bytes()).unwrap()
+    });
+    let (lines, status) = server.finish();
+
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    let expected: Vec<String> = (0..events.len())
+        .map(|n| format!("data: tick {n}"))
+        .collect();
+    assert_eq!(events, expected, "one event per tick, in order: {text:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("summary reason=stop exit_code=0 forced=false"),
+        "{lines:#?}"
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_websocket_closes_with_going_away_when_the_service_drains() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut socket = runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("the WebSocket handshake succeeds");
+        socket.send(Message::text("hello")).await.unwrap();
+        let echo = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("an echo")
+            .expect("the socket is open")
+            .unwrap();
+        assert_eq!(echo, Message::text("hello"));
+        socket
+    });
+    server.signal(Signal::SIGTERM);
+    let close = runtime.block_on(async {
+        let close = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a close frame when the service drains")
+            .expect("the socket is open")
+            .unwrap();
+        // Reading on completes the closing handshake (tungstenite answers the close frame).
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, socket.next()).await {}
+        close
+    });
+    let (lines, status) = server.finish();
+
+    match close {
+        Message::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "going away");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("summary reason=stop exit_code=0 forced=false"),
+        "{lines:#?}"
+    );
+    assert_eq!(status.code(), Some(0));
 }

@@ -1,0 +1,777 @@
+//! The exit-status policy against a real systemd (issue 13): each test boots a systemd 252 in
+//! `scripts/systemd-sandbox` (its own namespaces and cgroup), installs the shipped unit
+//! `deploy/systemd/jobs_to_kafka.service` with a drop-in that changes only what the test needs
+//! (paths, arguments, and the timeouts named at each test), and drives it with `systemctl`.
+//!
+//! Where the machine cannot run the sandbox (not root, pure cgroup v2, no systemd), every test
+//! says so loudly on stderr and passes without checking anything.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "support/systemd.rs"]
+mod sandbox;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sandbox::{Lines, Sandbox, dropin, sandbox_script, shipped_unit, unsupported};
+use support::{PATIENCE, example_binary};
+
+/// The `key=value` fields of a `summary ...` line.
+fn fields(line: &str) -> HashMap<String, String> {
+    line.strip_prefix("summary ")
+        .unwrap_or_else(|| panic!("not a summary line: {line:?}"))
+        .split(' ')
+        .filter_map(|field| field.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The pid in a `ready pid=N ...` line.
+fn ready_pid(line: &str) -> String {
+    line.strip_prefix("ready pid=")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+        .to_owned()
+}
+
+/// systemd's own account of how a run ended: the `stop-post result=... code=... status=...` line
+/// the drop-in's `ExecStopPost=` writes (`$SERVICE_RESULT`, `$EXIT_CODE`, `$EXIT_STATUS`). A unit
+/// that stopped cleanly is unloaded at once (garbage-collected), so `systemctl show` no longer
+/// has its `ExecMainStatus` by then; this line stays.
+fn ended(out: &mut Lines) -> (String, String, String) {
+    let line = out.expect(|l| l.starts_with("stop-post "));
+    let field = |key: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+            .to_owned()
+    };
+    (field("result"), field("code"), field("status"))
+}
+
+/// `(result, code, status)` as [`ended`] returns it.
+fn account(result: &str, code: &str, status: &str) -> (String, String, String) {
+    (result.to_owned(), code.to_owned(), status.to_owned())
+}
+
+/// Installs the shipped unit as `unit`, running `example` with `args`, `extra` drop-in lines;
+/// returns the follower of the service's stdout.
+fn install(sandbox: &Sandbox, unit: &str, example: &str, args: &[&str], extra: &str) -> Lines {
+    let stdout = sandbox.dir().join(format!("{unit}.out"));
+    let exec = example_binary(example);
+    sandbox.install(unit, &shipped_unit(), &dropin(&exec, args, &stdout, extra));
+    Lines::follow_file(&stdout)
+}
+
+/// `systemctl stop unit`, timed.
+fn timed_stop(sandbox: &Sandbox, unit: &str) -> Duration {
+    let started = Instant::now();
+    sandbox.systemctl(&["stop", unit]);
+    started.elapsed()
+}
+
+/// The shipped unit's `key=` value in seconds (`35s` -> 35.0).
+fn shipped_seconds(key: &str) -> f64 {
+    let unit = shipped_unit();
+    let value = unit
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the shipped unit"));
+    value
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key}={value}: expected seconds"))
+}
+
+/// The shipped unit's shutdown budget (`--shutdown-timeout-ms` in `ExecStart`), in seconds.
+fn shipped_budget() -> f64 {
+    let unit = shipped_unit();
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .expect("an ExecStart");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "--shutdown-timeout-ms")
+        .expect("the shipped unit names its budget");
+    words[at + 1].parse::<f64>().unwrap() / 1000.0
+}
+
+#[test]
+fn the_sandbox_refuses_to_start_systemd_outside_its_own_cgroup() {
+    if let Some(why) = unsupported() {
+        sandbox::skip(
+            "the_sandbox_refuses_to_start_systemd_outside_its_own_cgroup",
+            &why,
+        );
+        return;
+    }
+    let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let name = format!("lh-refuse-{}", std::process::id());
+    // The test hook skips the move into the sandbox's cgroup: the check must catch it.
+    let output = sandbox_script(&["start", &name], &[("SYSTEMD_SANDBOX_SKIP_MOVE", "1")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    assert!(stderr.contains("REFUSING to start systemd"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("/{name}")),
+        "names the cgroup: {stderr}"
+    );
+    // Cleaned up: no cgroup left behind, nothing of ours moved.
+    for hierarchy in ["systemd", "unified"] {
+        let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(&name);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+        before
+    );
+}
+
+#[test]
+fn start_waits_for_ready_and_usr2_is_a_successful_restart() {
+    let Some(sandbox) = Sandbox::start("restart") else {
+        return;
+    };
+    let args = ["--shutdown-timeout-ms", "25000", "--job-ms", "50"];
+    let mut out = install(&sandbox, "demo.service", "jobs_to_kafka", &args, "");
+    // The control: the same unit without RestartForceExitStatus=4.
+    let mut control_out = install(
+        &sandbox,
+        "control.service",
+        "jobs_to_kafka",
+        &args,
+        "RestartForceExitStatus=",
+    );
+    // A Type=notify service that never says READY=1: start must wait for it, and time out.
+    sandbox.install(
+        "never-ready.service",
+        "[Unit]\nDefaultDependencies=no\n[Service]\nType=notify\nExecStart=/bin/sleep 60\n\
+         TimeoutStartSec=1s\n",
+        "",
+    );
+
+    // 1. `systemctl start` returns once READY=1 came: the demo is active and running.
+    let started = Instant::now();
+    sandbox.systemctl(&["start", "demo.service", "control.service"]);
+    let start_took = started.elapsed();
+    let show = sandbox.show("demo.service", &["ActiveState", "SubState", "MainPID"]);
+    assert_eq!(show["ActiveState"], "active", "{show:?}");
+    assert_eq!(show["SubState"], "running", "{show:?}");
+    let first_pid = show["MainPID"].clone();
+    assert_eq!(
+        ready_pid(&out.expect(|l| l.starts_with("ready "))),
+        first_pid
+    );
+    let control_pid = sandbox.property("control.service", "MainPID");
+    control_out.expect(|l| l.starts_with("ready "));
+    let started = Instant::now();
+    let never = sandbox.systemctl_status(&["start", "never-ready.service"]);
+    let never_took = started.elapsed();
+    assert!(!never.status.success(), "start must wait for READY=1");
+    assert_eq!(sandbox.property("never-ready.service", "Result"), "timeout");
+    assert!(never_took >= Duration::from_secs(1), "{never_took:?}");
+    eprintln!(
+        "start (two units, READY=1): {start_took:?}; never-ready: failed after {never_took:?}"
+    );
+
+    // 2. USR2 to the main process of both: exit 4, a restart counted as a success.
+    let mut journal = sandbox.follow_journal("demo.service");
+    let mut control_journal = sandbox.follow_journal("control.service");
+    let signalled = Instant::now();
+    for unit in ["demo.service", "control.service"] {
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", unit]);
+    }
+    let summary = fields(&out.expect(|l| l.starts_with("summary ")));
+    assert_eq!(summary["reason"], "restart");
+    assert_eq!(summary["exit_code"], "4");
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    journal.expect(|l| l.contains("Scheduled restart job, restart counter is at 1."));
+    journal.expect(|l| l.starts_with("Started "));
+    let new_pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+    let gap = signalled.elapsed();
+    let show = sandbox.show(
+        "demo.service",
+        &["ActiveState", "SubState", "MainPID", "NRestarts", "Result"],
+    );
+    assert_eq!(show["ActiveState"], "active", "{show:?}");
+    assert_eq!(show["NRestarts"], "1", "{show:?}");
+    assert_eq!(show["Result"], "success", "{show:?}");
+    assert_eq!(show["MainPID"], new_pid, "{show:?}");
+    assert_ne!(new_pid, first_pid);
+    let text = journal.text();
+    assert!(
+        !text.contains("Failed with result"),
+        "never failed:\n{text}"
+    );
+    eprintln!("USR2 -> active again with a new MainPID after {gap:?} (RestartSec=2s); {show:?}");
+
+    // The control exited 4 as well, and stays down: that 4 restarts it is the unit's doing.
+    assert_eq!(ended(&mut control_out), account("success", "exited", "4"));
+    // (The journal is read from its start: skip to the end of the first run.)
+    control_journal.expect(|l| l.contains("control.service: Deactivated successfully."));
+    let restarted = control_journal.first_within(Duration::from_secs(3), |l| {
+        l.contains("Scheduled restart") || l.starts_with("Started ")
+    });
+    assert_eq!(restarted, None, "the control must not restart");
+    let show = sandbox.show("control.service", &["ActiveState", "MainPID"]);
+    assert_eq!(show["ActiveState"], "inactive", "{show:?}");
+    assert_eq!(show["MainPID"], "0", "{control_pid} is gone: {show:?}");
+}
+
+#[test]
+fn the_shipped_start_limit_counts_planned_restarts() {
+    let Some(sandbox) = Sandbox::start("limit") else {
+        return;
+    };
+    // The shipped StartLimitBurst=5 within StartLimitIntervalSec=120s counts every start, the
+    // exit-4 restarts included: the first start and four restarts pass, the fifth restart within
+    // two minutes fails the unit. (RestartSec=100ms so that this takes seconds, not 10 s.)
+    let burst: usize = shipped_unit()
+        .lines()
+        .find_map(|line| line.strip_prefix("StartLimitBurst="))
+        .expect("the shipped unit sets StartLimitBurst")
+        .parse()
+        .unwrap();
+    let mut out = install(
+        &sandbox,
+        "limit.service",
+        "jobs_to_kafka",
+        &["--job-ms", "20"],
+        "RestartSec=100ms",
+    );
+    let mut journal = sandbox.follow_journal("limit.service");
+    sandbox.systemctl(&["start", "limit.service"]);
+    out.expect(|l| l.starts_with("ready "));
+    for restart in 1..burst {
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "limit.service"]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        out.expect(|l| l.starts_with("ready "));
+        journal.expect(|l| l.contains(&format!("restart counter is at {restart}.")));
+    }
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "limit.service"]);
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    journal.expect(|l| l.contains("Start request repeated too quickly."));
+    journal.expect(|l| l.contains("Failed with result 'start-limit-hit'."));
+    let show = sandbox.show("limit.service", &["ActiveState", "Result", "NRestarts"]);
+    eprintln!("start limit: {show:?}");
+    assert_eq!(show["ActiveState"], "failed", "{show:?}");
+    assert_eq!(show["Result"], "start-limit-hit", "{show:?}");
+    assert_eq!(show["NRestarts"], burst.to_string(), "{show:?}");
+}
+
+#[test]
+fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
+    let Some(sandbox) = Sandbox::start("extend") else {
+        return;
+    };
+    // A stop of about 4 s against TimeoutStopSec=2s: a shutdown hook of 2.5 s that runs while
+    // work is still in flight (it wraps up 1 s after the drain begins), then an exit hook of 1.5 s.
+    // Only EXTEND_TIMEOUT_USEC, sent from STOPPING=1 on and kept up through the shutdown and exit
+    // hooks (not only while the wait phase reports progress), carries the stop to its end.
+    let tour = [
+        "--work-ms",
+        "1000",
+        "--hook-ms",
+        "2500",
+        "--exit-hook-ms",
+        "1500",
+    ];
+    let timeout = "TimeoutStopSec=2s";
+    let mut out = install(
+        &sandbox,
+        "extended.service",
+        "01_phase_tour",
+        &tour,
+        timeout,
+    );
+    // The same run without the notify socket: no EXTEND_TIMEOUT_USEC (and no READY=1, so
+    // Type=exec; WatchdogSec=0 too, as a watchdog makes systemd turn NotifyAccess=none into
+    // main and pass the socket anyway).
+    let no_notify = format!("{timeout}\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    let mut plain_out = install(
+        &sandbox,
+        "plain.service",
+        "01_phase_tour",
+        &tour,
+        &no_notify,
+    );
+    // The shipped relation of budget and TimeoutStopSec, scaled down by 10: work longer than
+    // the budget, no notifications, so TimeoutStopSec alone must outlast the forced exit.
+    let scale = 10.0;
+    let budget_ms = (shipped_budget() * 1000.0 / scale).round() as u64;
+    let stop_ms = (shipped_seconds("TimeoutStopSec") * 1000.0 / scale).round() as u64;
+    let budget_arg = budget_ms.to_string();
+    let forced = [
+        "--work-ms",
+        "600000",
+        "--shutdown-timeout-ms",
+        budget_arg.as_str(),
+    ];
+    let scaled = format!("TimeoutStopSec={stop_ms}ms\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    let mut forced_out = install(
+        &sandbox,
+        "budget.service",
+        "01_phase_tour",
+        &forced,
+        &scaled,
+    );
+
+    // The same stop begun by the service itself (USR2): systemd learns of it from STOPPING=1
+    // alone, so the extension must come after it (one sent before, while the unit is still
+    // running, is ignored).
+    let mut restart_out = install(&sandbox, "restart.service", "01_phase_tour", &tour, timeout);
+
+    sandbox.systemctl(&[
+        "start",
+        "extended.service",
+        "plain.service",
+        "budget.service",
+        "restart.service",
+    ]);
+    out.expect(|l| l.starts_with("ready "));
+    forced_out.expect(|l| l.starts_with("ready "));
+    restart_out.expect(|l| l.starts_with("ready "));
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "restart.service"]);
+    let (extended, plain, budget) = std::thread::scope(|s| {
+        let extended = s.spawn(|| timed_stop(&sandbox, "extended.service"));
+        let plain = s.spawn(|| timed_stop(&sandbox, "plain.service"));
+        let budget = s.spawn(|| timed_stop(&sandbox, "budget.service"));
+        (
+            extended.join().unwrap(),
+            plain.join().unwrap(),
+            budget.join().unwrap(),
+        )
+    });
+    let summary = fields(&out.expect(|l| l.starts_with("summary ")));
+    assert_eq!(summary["exit_code"], "0", "{summary:?}");
+    assert_eq!(summary["forced"], "false", "{summary:?}");
+    let how = ended(&mut out);
+    eprintln!("extended: stop took {extended:?}, {how:?}");
+    assert_eq!(how, account("success", "exited", "0"));
+    assert!(extended > Duration::from_secs(3), "{extended:?}");
+    let journal = sandbox.journal("extended.service");
+    assert!(!journal.contains("timed out"), "{journal}");
+
+    let how = ended(&mut restart_out);
+    eprintln!("extended, USR2: {how:?}");
+    assert_eq!(how, account("success", "exited", "4"));
+
+    let how = ended(&mut plain_out);
+    eprintln!("without notifications: stop took {plain:?}, {how:?}");
+    assert_eq!(how, account("timeout", "killed", "KILL"));
+    assert!(plain < Duration::from_secs(3), "{plain:?}");
+
+    let how = ended(&mut forced_out);
+    eprintln!(
+        "budget {budget_ms} ms, TimeoutStopSec {stop_ms} ms (shipped / {scale}): stop took \
+         {budget:?}, {how:?}"
+    );
+    // Forced (status 2) at the end of the budget, before systemd's SIGKILL.
+    assert_eq!(how, account("exit-code", "exited", "2"));
+    // (The stop ends within the budget: the drain deadline is the budget less the exit
+    // hooks' reserve, and the exit hooks here are quick.)
+    assert!(budget < Duration::from_millis(stop_ms), "{budget:?}");
+}
+
+#[test]
+fn the_watchdog_leaves_a_healthy_service_alone_and_kills_a_stalled_one() {
+    let Some(sandbox) = Sandbox::start("watchdog") else {
+        return;
+    };
+    let watchdog = "WatchdogSec=1s\nLimitCORE=0";
+    let mut healthy_out = install(
+        &sandbox,
+        "healthy.service",
+        "04_systemd_probe",
+        &[],
+        watchdog,
+    );
+    let mut stalled_out = install(
+        &sandbox,
+        "stalled.service",
+        "04_systemd_probe",
+        &["--stall-after-ms", "500"],
+        watchdog,
+    );
+    let mut healthy = sandbox.follow_journal("healthy.service");
+    let mut stalled = sandbox.follow_journal("stalled.service");
+    sandbox.systemctl(&["start", "healthy.service", "stalled.service"]);
+    let healthy_pid = sandbox.property("healthy.service", "MainPID");
+    let stalled_pid = sandbox.property("stalled.service", "MainPID");
+    stalled_out.expect(|l| l == "stalling");
+    let stalled_at = Instant::now();
+    stalled.expect(|l| l.contains("Watchdog timeout"));
+    stalled.expect(|l| l.contains("Killing process") && l.contains("SIGABRT"));
+    let killed_after = stalled_at.elapsed();
+    stalled.expect(|l| l.contains("Failed with result 'watchdog'"));
+    let how = ended(&mut stalled_out);
+    let show = sandbox.show("stalled.service", &["Result", "ExecMainPID"]);
+    eprintln!("stalled: killed {killed_after:?} after it stalled; {how:?} {show:?}");
+    assert_eq!(how, account("watchdog", "killed", "ABRT"));
+    assert_eq!(show["Result"], "watchdog", "{show:?}");
+    assert_eq!(show["ExecMainPID"], stalled_pid, "{show:?}");
+
+    // The healthy one, over more than three watchdog periods (from its start to now, and on).
+    let noticed = healthy.first_within(Duration::from_secs(2), |l| l.contains("Watchdog timeout"));
+    assert_eq!(noticed, None);
+    let show = sandbox.show(
+        "healthy.service",
+        &["ActiveState", "MainPID", "NRestarts", "WatchdogUSec"],
+    );
+    assert_eq!(show["ActiveState"], "active", "{show:?}");
+    assert_eq!(show["MainPID"], healthy_pid, "{show:?}");
+    assert_eq!(show["NRestarts"], "0", "{show:?}");
+    assert_eq!(show["WatchdogUSec"], "1s", "{show:?}");
+    sandbox.systemctl(&["stop", "healthy.service", "stalled.service"]);
+    assert_eq!(ended(&mut healthy_out), account("success", "exited", "0"));
+}
+
+#[test]
+fn quiet_is_not_a_stop_for_systemd() {
+    let Some(sandbox) = Sandbox::start("quiet") else {
+        return;
+    };
+    let mut out = install(
+        &sandbox,
+        "quiet.service",
+        "jobs_to_kafka",
+        &["--job-ms", "50"],
+        "TimeoutStopSec=2s",
+    );
+    let mut journal = sandbox.follow_journal("quiet.service");
+    sandbox.systemctl(&["start", "quiet.service"]);
+    let pid = sandbox.property("quiet.service", "MainPID");
+    out.expect(|l| l.starts_with("ready "));
+    sandbox.systemctl(&["kill", "-s", "TSTP", "--kill-whom=main", "quiet.service"]);
+    journal.expect(|l| l.contains("stop_intake"));
+    // Past TimeoutStopSec (2 s) and then some: still there, not stopping, not killed.
+    let killed = journal.first_within(Duration::from_secs(3), |l| {
+        l.contains("timed out") || l.contains("Killing") || l.contains("Main process exited")
+    });
+    assert_eq!(
+        killed, None,
+        "a quieted service must not be stopped by systemd"
+    );
+    let show = sandbox.show("quiet.service", &["ActiveState", "SubState", "MainPID"]);
+    assert_eq!(show["ActiveState"], "active", "{show:?}");
+    assert_eq!(show["SubState"], "running", "{show:?}");
+    assert_eq!(show["MainPID"], pid, "{show:?}");
+    // A later stop drains it and it exits 0.
+    sandbox.systemctl(&["stop", "quiet.service"]);
+    let summary = fields(&out.expect(|l| l.starts_with("summary ")));
+    assert_eq!(ended(&mut out), account("success", "exited", "0"));
+    assert_eq!(summary["reason"], "stop", "{summary:?}");
+    assert_eq!(summary["exit_code"], "0", "{summary:?}");
+    assert_eq!(summary["producer_closed_errors"], "0", "{summary:?}");
+}
+
+/// Reads `topic` from the beginning until `expected` distinct keys were seen, and returns every
+/// key read.
+fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "systemd-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut keys = Vec::new();
+    let mut distinct = BTreeSet::new();
+    while distinct.len() < expected {
+        let message = consumer
+            .poll(PATIENCE)
+            .unwrap_or_else(|| panic!("{} of {expected} keys after waiting", distinct.len()))
+            .expect("a message");
+        let key = String::from_utf8(message.key().expect("a key").to_vec()).unwrap();
+        distinct.insert(key.clone());
+        keys.push(key);
+    }
+    // Anything else already on the topic (a duplicate would come after its first copy).
+    while let Some(message) = consumer.poll(Duration::from_secs(1)) {
+        let message = message.expect("a message");
+        keys.push(String::from_utf8(message.key().expect("a key").to_vec()).unwrap());
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restarts_under_load_with_systemd_as_the_supervisor() {
+    const JOBS: usize = 2000;
+    const RESTARTS: usize = 20;
+    if std::process::Command::new("tansu")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        sandbox::skip(
+            "rolling_restarts_under_load_with_systemd_as_the_supervisor",
+            "no `tansu` on PATH (.ci/setup.d/30-tansu.sh installs it)",
+        );
+        return;
+    }
+    let Some(sandbox) = Sandbox::start("roll") else {
+        return;
+    };
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let broker = lifecycle_hooks_test_support::kafka::Broker::tansu().await;
+    let topic = broker.topic("systemd-roll", 2).await;
+    let servers = broker.bootstrap_servers();
+    let url = redis.url();
+    // Enqueue once, with a run outside systemd that is stopped at once.
+    let jobs = JOBS.to_string();
+    let common = [
+        "--redis",
+        url.as_str(),
+        "--queue",
+        "orders",
+        "--brokers",
+        servers.as_str(),
+        "--topic",
+        topic.as_str(),
+        "--job-ms",
+        "20",
+        "--concurrency",
+        "8",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--enqueue", jobs.as_str()]);
+    // RestartSec=200ms instead of 2s so that 20 restarts fit the test's time, and no start rate
+    // limit: 20 restarts in a few seconds are more than StartLimitBurst=5 allows (docs/operations.md).
+    let extra = "RestartSec=200ms\n[Unit]\nStartLimitIntervalSec=0";
+    let out_path = sandbox.dir().join("roll.service.out");
+    let mut out = install(&sandbox, "roll.service", "jobs_to_kafka", &args, extra);
+    let mut journal = sandbox.follow_journal("roll.service");
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        sandbox.systemctl(&["start", "roll.service"]);
+        out.expect(|l| l.starts_with("ready "));
+        // Later runs must not enqueue again: the drop-in is rewritten, picked up at the next
+        // start (daemon-reload keeps the running process).
+        let exec = example_binary("jobs_to_kafka");
+        sandbox.install(
+            "roll.service",
+            &shipped_unit(),
+            &dropin(&exec, &common, &out_path, extra),
+        );
+        for cycle in 1..=RESTARTS {
+            // Signalled as soon as it is ready: the pool is fetching, jobs are in flight.
+            sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "roll.service"]);
+            let summary = fields(&out.expect(|l| l.starts_with("summary ")));
+            assert_eq!(summary["exit_code"], "4", "cycle {cycle}: {summary:?}");
+            journal.expect(|l| {
+                l.contains(&format!(
+                    "Scheduled restart job, restart counter is at {cycle}."
+                ))
+            });
+            journal.expect(|l| l.starts_with("Started "));
+            out.expect(|l| l.starts_with("ready "));
+        }
+    });
+    let rolled = started.elapsed();
+    let show = sandbox.show("roll.service", &["NRestarts", "ActiveState", "Result"]);
+    let nrestarts = show["NRestarts"].clone();
+    assert_eq!(nrestarts, RESTARTS.to_string(), "{show:?}");
+    assert_eq!(show["ActiveState"], "active", "{show:?}");
+    assert_eq!(show["Result"], "success", "{show:?}");
+    // The last run works off the rest; once every key is on the topic, stop it.
+    let keys = tokio::task::block_in_place(|| read_keys(&servers, &topic, 2, JOBS));
+    tokio::task::block_in_place(|| sandbox.systemctl(&["stop", "roll.service"]));
+
+    let summaries: Vec<HashMap<String, String>> = tokio::task::block_in_place(|| {
+        std::fs::read_to_string(&out_path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("summary "))
+            .map(fields)
+            .collect()
+    });
+    assert_eq!(summaries.len(), RESTARTS + 1, "one summary per run");
+    let mut statuses = BTreeMap::new();
+    let sum = |key: &str| -> u64 {
+        summaries
+            .iter()
+            .map(|s| s[key].parse::<u64>().unwrap())
+            .sum()
+    };
+    for summary in &summaries {
+        *statuses.entry(summary["exit_code"].clone()).or_insert(0) += 1;
+    }
+    let journal_text = tokio::task::block_in_place(|| sandbox.journal("roll.service"));
+    let restarted_completed: u64 = summaries
+        .iter()
+        .filter(|s| s["exit_code"] == "4")
+        .map(|s| s["jobs_completed"].parse::<u64>().unwrap())
+        .sum();
+    let out_text = std::fs::read_to_string(&out_path).unwrap();
+    let exited_4 = out_text
+        .matches("stop-post result=success code=exited status=4")
+        .count();
+    let stopped_0 = out_text
+        .matches("stop-post result=success code=exited status=0")
+        .count();
+    let distinct: BTreeSet<&String> = keys.iter().collect();
+    let duplicates = keys.len() - distinct.len();
+    eprintln!(
+        "{RESTARTS} USR2 restarts under systemd in {rolled:?}: NRestarts={nrestarts}, statuses \
+         {statuses:?} (systemd: {exited_4} x success/exited/4, {stopped_0} x success/exited/0), \
+         completed={} (by the restarted runs: {restarted_completed}) producer_closed_errors={} \
+         undelivered={} requeued={} failed={}, {} keys on the topic, {} distinct, {duplicates} \
+         duplicates",
+        sum("jobs_completed"),
+        sum("producer_closed_errors"),
+        sum("undelivered"),
+        sum("jobs_requeued"),
+        sum("jobs_failed"),
+        keys.len(),
+        distinct.len()
+    );
+    assert_eq!(statuses.get("4"), Some(&RESTARTS), "{statuses:?}");
+    assert_eq!(
+        statuses.get("0"),
+        Some(&1),
+        "the last run stopped: {statuses:?}"
+    );
+    assert_eq!(exited_4, RESTARTS, "systemd saw every status 4");
+    assert_eq!(stopped_0, 1, "and the last run's 0");
+    assert!(restarted_completed > 0, "the restarts happened under load");
+    assert!(!journal_text.contains("Failed with result"), "never failed");
+    assert_eq!(sum("producer_closed_errors"), 0);
+    assert_eq!(sum("undelivered"), 0);
+    assert_eq!(sum("jobs_failed"), 0);
+    assert_eq!(distinct.len(), JOBS);
+    assert!(distinct.iter().all(|key| key.starts_with("job-")));
+    // Every run drained cleanly (status 4 or 0, none forced), so no job was cut off after it
+    // published: each id is on the topic once. A job fetched just as intake stopped is handed
+    // back unrun (`jobs_requeued`, about 1 in 100 restarts in the soak) and run by a later
+    // process, once.
+    assert_eq!(duplicates, 0, "duplicates on the topic");
+    assert_eq!(sum("jobs_completed"), JOBS as u64);
+}
+
+/// One `GET /ready` on a new connection; `Ok(status)` or the error's kind.
+fn get_ready(addr: SocketAddr) -> Result<u16, std::io::ErrorKind> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.kind())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.kind())?;
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.kind())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.kind())?;
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)
+}
+
+#[test]
+fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
+    let Some(sandbox) = Sandbox::start("axum") else {
+        return;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port_arg = port.to_string();
+    let mut out = install(
+        &sandbox,
+        "axum.service",
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        "",
+    );
+    let mut journal = sandbox.follow_journal("axum.service");
+    sandbox.systemctl(&["start", "axum.service"]);
+    out.expect(|l| l.starts_with("ready "));
+    assert_eq!(get_ready(addr), Ok(200));
+
+    // A client loop, one request every 10 ms on a new connection, from before the signal until
+    // the new process, once systemd has started it, has answered 20 requests.
+    let (restarted_tx, restarted_rx) = std::sync::mpsc::channel::<()>();
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let mut results: Vec<(Instant, Result<u16, std::io::ErrorKind>)> = Vec::new();
+        let mut restarted = false;
+        let mut ok_after = 0;
+        loop {
+            let result = get_ready(addr);
+            results.push((Instant::now(), result));
+            if results.len() == 10 {
+                let _ = warm_tx.send(());
+            }
+            restarted = restarted || restarted_rx.try_recv().is_ok();
+            if restarted && result == Ok(200) {
+                ok_after += 1;
+                if ok_after == 20 {
+                    return results;
+                }
+            }
+            assert!(results.len() < 3000, "the service did not come back");
+            // Pacing of the load, not a synchronization.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // Ten requests answered before the signal.
+    warm_rx
+        .recv_timeout(PATIENCE)
+        .expect("the client loop started");
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "axum.service"]);
+    let signalled = Instant::now();
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    journal.expect(|l| l.contains("Scheduled restart job"));
+    journal.expect(|l| l.starts_with("Started "));
+    out.expect(|l| l.starts_with("ready "));
+    restarted_tx.send(()).unwrap();
+    let results = client.join().unwrap();
+    let after: Vec<_> = results.iter().filter(|(at, _)| *at >= signalled).collect();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, result) in &after {
+        let kind = match result {
+            Ok(status) => format!("http {status}"),
+            Err(kind) => format!("{kind:?}"),
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    let failed: Vec<_> = after.iter().filter(|(_, r)| *r != Ok(200)).collect();
+    let gap = match (failed.first(), failed.last()) {
+        (Some(first), Some(last)) => last.0 - first.0,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "03_axum under systemd, USR2 with RestartSec=2s: {} requests after the signal, {} failed \
+         over {gap:?} ({kinds:?}); NRestarts={}",
+        after.len(),
+        failed.len(),
+        sandbox.property("axum.service", "NRestarts")
+    );
+    assert_eq!(sandbox.property("axum.service", "NRestarts"), "1");
+    // The figure above is the baseline the zero-gap restart (the listener kept in systemd's fd
+    // store) must bring to 0; what holds already: every request either got its answer or was
+    // refused while nothing listened (no reset, no timeout: a connection accepted is answered).
+    assert!(
+        failed
+            .iter()
+            .all(|(_, r)| matches!(r, Err(std::io::ErrorKind::ConnectionRefused) | Ok(503))),
+        "{kinds:?}"
+    );
+}
