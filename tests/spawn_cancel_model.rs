@@ -282,7 +282,7 @@ fn spawns_on_one_os_thread_racing_a_cancel_on_another_all_end() {
                 let (mut joins, mut before, mut after) = (Vec::new(), 0, 0);
                 while after < 100 {
                     joins.push(handle.spawn(std::future::pending::<()>()));
-                    if handle.is_cancelled() {
+                    if handle.cancelled().is_reached() {
                         after += 1;
                     } else {
                         before += 1;
