@@ -494,7 +494,8 @@ const SHARDS: usize = 8;
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread's shard: tasks first polled here register in it.
+    /// This thread's shard: tasks first polled here register in it. Relaxed: the counter only
+    /// spreads threads over shards; every shard is correct for every thread.
     static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
 }
 
