@@ -1,7 +1,6 @@
 //! Building the report of a run: one [`HookReport`] per hook, one [`PhaseReport`] per phase,
 //! and the [`Outcome`].
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -131,8 +130,7 @@ impl Runner<'_> {
         }
         let control = self.control();
         let reason = control.reason.unwrap_or(Reason::Failure);
-        // Acquire: pairs with the Release increments of tasks that panicked before they ended.
-        let panicked_work = shared.panicked_work.load(Ordering::Acquire);
+        let panicked_work = shared.cancel_wake.panicked();
         let failed = self.hooks.iter().any(|h| h.result.is_failure())
             || !shared.failures.lock().is_empty()
             || !shared.lost.lock().is_empty()
