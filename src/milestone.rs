@@ -1,58 +1,50 @@
 //! Points of the stop that work waits for, and the reload guard. See [`Milestone`].
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::notify::Notifier;
 
-pin_project_lite::pin_project! {
-    /// A point in the stop: intake stopped, drain begun, or work cancelled. From
-    /// [`LifecycleHandle::intake_stopped`](crate::LifecycleHandle::intake_stopped),
-    /// [`draining`](crate::LifecycleHandle::draining) and
-    /// [`cancelled`](crate::LifecycleHandle::cancelled).
-    ///
-    /// It is a future that completes when the stop reaches its point (pass it wherever a shutdown
-    /// future goes, such as axum's `with_graceful_shutdown`); check it without waiting with
-    /// [`is_reached`](Self::is_reached), or take a [`token`](Self::token).
-    ///
-    /// ```
-    /// use lifecycle_hooks::testing;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let lifecycle = testing::builder().build().unwrap();
-    /// let handle = lifecycle.handle();
-    /// let draining = handle.draining();
-    /// assert!(!draining.is_reached());
-    /// handle.spawn({
-    ///     let draining = draining.clone();
-    ///     async move { draining.await } // finish the current unit of work, then return
-    /// });
-    /// handle.stop();
-    /// assert_eq!(lifecycle.run().await.exit_code(), 0);
-    /// assert!(draining.is_reached());
-    /// # }
-    /// ```
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it owns what it needs, and dropping it loses nothing.
-    #[derive(Debug)]
-    #[must_use = "a Milestone does nothing unless awaited or checked"]
-    pub struct Milestone {
-        token: CancellationToken,
-        #[pin]
-        wait: WaitForCancellationFutureOwned,
-    }
+/// A point in the stop: intake stopped, drain begun, or work cancelled. From
+/// [`LifecycleHandle::intake_stopped`](crate::LifecycleHandle::intake_stopped),
+/// [`draining`](crate::LifecycleHandle::draining) and
+/// [`cancelled`](crate::LifecycleHandle::cancelled).
+///
+/// Await it (`handle.draining().await`; `tokio::select!` takes it as it is), check it without
+/// waiting with [`is_reached`](Self::is_reached), or take a [`token`](Self::token). Where an API
+/// wants a `Future` (axum's `with_graceful_shutdown`, `std::pin::pin!`), pass
+/// `.into_future()`. It is one token clone, and awaiting it adds nothing: a task that waits on
+/// it costs what a task waiting on a `CancellationToken` costs.
+///
+/// ```
+/// use lifecycle_hooks::testing;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let lifecycle = testing::builder().build().unwrap();
+/// let handle = lifecycle.handle();
+/// let draining = handle.draining();
+/// assert!(!draining.is_reached());
+/// handle.spawn({
+///     let draining = draining.clone();
+///     async move { draining.await } // finish the current unit of work, then return
+/// });
+/// handle.stop();
+/// assert_eq!(lifecycle.run().await.exit_code(), 0);
+/// assert!(draining.is_reached());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a Milestone does nothing unless awaited or checked"]
+pub struct Milestone {
+    token: CancellationToken,
 }
 
 impl Milestone {
     pub(crate) fn new(token: &CancellationToken) -> Self {
         Milestone {
             token: token.clone(),
-            wait: token.clone().cancelled_owned(),
         }
     }
 
@@ -67,20 +59,17 @@ impl Milestone {
     }
 }
 
-impl Clone for Milestone {
-    fn clone(&self) -> Self {
-        Milestone::new(&self.token)
-    }
-}
-
-impl Future for Milestone {
+impl std::future::IntoFuture for Milestone {
     type Output = ();
+    type IntoFuture = WaitForCancellationFutureOwned;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.project().wait.poll(cx)
+    /// Completes when the stop reaches this point.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the future owns what it needs, and dropping it loses nothing.
+    fn into_future(self) -> Self::IntoFuture {
+        self.token.cancelled_owned()
     }
 }
 
