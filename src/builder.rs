@@ -314,7 +314,7 @@ impl Builder {
             intake: CancellationToken::new(),
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
-            cancel_wake: Arc::default(),
+            cancel_wake: crate::sync::Arc::new(Default::default()),
             stopping_sent: CancellationToken::new(),
             work: Default::default(),
             stored: Default::default(),

@@ -5,11 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Waker;
-use std::time::Duration;
 
-use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -21,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::BoxError;
+use crate::cancel::Cancellable;
 use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{chain, panic_message};
@@ -58,7 +56,7 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     /// Fired with `cancel`: the spawned tasks still waiting, woken so each ends at its next
     /// poll, and the count of those that panicked. One pointer per spawned task.
-    pub(crate) cancel_wake: Arc<CancelWake>,
+    pub(crate) cancel_wake: crate::sync::Arc<crate::cancel::CancelWake>,
     /// Cancelled once the runner has sent `STOPPING=1`: from then on the stop timeout may be
     /// extended.
     pub(crate) stopping_sent: CancellationToken,
@@ -368,14 +366,9 @@ impl LifecycleHandle {
     {
         // Nothing is registered here: the task registers its waker (or sees the cancellation)
         // under its shard's lock when its first poll returns `Pending`; see `CancelWake`.
-        self.shared.tracker.spawn(Cancellable {
-            fut,
-            slot: Slot {
-                wake: Arc::clone(&self.shared.cancel_wake),
-                shard: 0,
-                key: Slot::UNREGISTERED,
-            },
-        })
+        self.shared
+            .tracker
+            .spawn(Cancellable::new(fut, &self.shared.cancel_wake))
     }
 
     /// Like [`spawn`](Self::spawn), with a name: while it runs it appears in
@@ -484,231 +477,4 @@ impl LifecycleHandle {
 pub struct WorkGuard {
     _token: TaskTrackerToken,
     _named: Option<NamedKey>,
-}
-
-/// Shards of [`CancelWake`]: more than the worker threads of a typical runtime, so that two
-/// workers rarely share one.
-const SHARDS: usize = 8;
-
-/// Hands out shard numbers to threads, round-robin.
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard: tasks first polled here register in it. Relaxed: the counter only
-    /// spreads threads over shards; every shard is correct for every thread.
-    static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
-}
-
-/// The cancellation at the drain deadline, for tasks spawned by [`LifecycleHandle::spawn`].
-///
-/// A task whose first poll returns `Pending` registers its waker in the shard of the thread
-/// polling it; when its work ends (or its future is dropped) it takes the waker out again.
-/// [`fire`](Self::fire) sets the flag, then closes each shard and wakes what it held. So a task
-/// locks one shard twice in its life, a lock the other workers rarely touch (one shard per
-/// thread, round-robin), and carries one pointer and a key, not a waiter of its own.
-///
-/// # Invariants
-///
-/// 1. `fired` is set (Release) before any shard is closed; a registered task re-polled after
-///    its wake-up reads it (Acquire) and ends.
-/// 2. Registration and closing happen under the shard's lock: a task registers before its shard
-///    closes (and is woken by `fire`) or sees it closed (and ends at once). No wake-up is lost,
-///    whatever the interleaving (`tests/spawn_cancel_model.rs`).
-/// 3. A closed shard never opens again and takes no new waker, so keys are never reused after
-///    the close and a late deregistration touches nothing.
-/// 4. A waker is held only while its task's future lives: the future's drop takes it out, so a
-///    finished task is freed at once, as with a plain `tokio::spawn`.
-#[derive(Debug, Default)]
-pub(crate) struct CancelWake {
-    fired: AtomicBool,
-    /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
-    /// read (Acquire) once all work has ended or been given up.
-    panicked: AtomicUsize,
-    shards: [Padded; SHARDS],
-}
-
-/// One shard on cache lines of its own, so two workers' locks never share a line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
-
-/// Entries per chunk of a shard: the entries never move once allocated (no copy of the whole
-/// table as it grows, no old and new table live at once), and a chunk is 2 KiB.
-const CHUNK: usize = 128;
-
-/// The wakers of one shard. Locked briefly to add, take or drain; never across an await.
-#[derive(Debug, Default)]
-struct Shard {
-    closed: bool,
-    /// Registered wakers by key (chunk `key / CHUNK`, index `key % CHUNK`), and free entries,
-    /// each naming the next free one.
-    #[allow(
-        clippy::vec_box,
-        reason = "boxed so that growing the Vec moves pointers, never the entries"
-    )]
-    chunks: Vec<Box<[Entry; CHUNK]>>,
-    /// Entries handed out so far: those past it in the last chunk were never used.
-    used: usize,
-    /// The first free entry, if any.
-    free: Option<u32>,
-}
-
-impl Shard {
-    fn entry(&mut self, key: u32) -> &mut Entry {
-        let key = key as usize;
-        &mut self.chunks[key / CHUNK][key % CHUNK]
-    }
-}
-
-/// An entry of a shard: 16 bytes either way.
-#[derive(Debug)]
-enum Entry {
-    Waker(Waker),
-    Free(Option<u32>),
-}
-
-impl CancelWake {
-    /// Cancels every spawned task: each ends (its join handle yields `None`) at its next poll,
-    /// and one still waiting is woken for it. Idempotent.
-    pub(crate) fn fire(&self) {
-        // Release: a task that reads the flag (Acquire) sees everything before the cancel.
-        self.fired.store(true, Ordering::Release);
-        for shard in &self.shards {
-            let entries = {
-                let mut shard = shard.0.lock();
-                shard.closed = true;
-                shard.free = None;
-                shard.used = 0;
-                std::mem::take(&mut shard.chunks)
-            };
-            // Woken outside the lock.
-            for entry in entries.into_iter().flat_map(|chunk| *chunk) {
-                if let Entry::Waker(waker) = entry {
-                    waker.wake();
-                }
-            }
-        }
-    }
-
-    /// How many tracked tasks panicked so far.
-    pub(crate) fn panicked(&self) -> usize {
-        // Acquire: pairs with the Release increments of tasks that panicked before they ended.
-        self.panicked.load(Ordering::Acquire)
-    }
-}
-
-/// A task's place in [`CancelWake`]: the shard and key of its waker once registered. 16 bytes,
-/// so that the task future of a small job keeps to tokio's smaller task cell.
-#[derive(Debug)]
-struct Slot {
-    wake: Arc<CancelWake>,
-    key: u32,
-    shard: u8,
-}
-
-impl Slot {
-    const UNREGISTERED: u32 = u32::MAX;
-
-    /// After a poll that returned `Pending`: whether the task is cancelled. On the first such
-    /// poll, registers `waker` unless the shard has closed. `Cancellable` is always the whole
-    /// future of its own tokio task, whose waker never changes, so one registration holds.
-    fn cancelled(&mut self, waker: &Waker) -> bool {
-        if self.key != Slot::UNREGISTERED {
-            // Acquire: see invariant 1.
-            return self.wake.fired.load(Ordering::Acquire);
-        }
-        // Shard 0 on a thread whose locals are being destroyed: any shard is correct.
-        let at = SHARD.try_with(|shard| *shard).unwrap_or(0);
-        let mut shard = self.wake.shards[usize::from(at)].0.lock();
-        if shard.closed {
-            return true;
-        }
-        let key = match shard.free {
-            Some(key) => {
-                let entry = Entry::Waker(waker.clone());
-                let Entry::Free(next) = std::mem::replace(shard.entry(key), entry) else {
-                    unreachable!("the free list names only free entries")
-                };
-                shard.free = next;
-                key
-            }
-            None => {
-                // Each waiting task holds a task cell of at least 256 bytes: 2^32 of them in one
-                // shard cannot exist.
-                let key = u32::try_from(shard.used)
-                    .ok()
-                    .filter(|&key| key != Slot::UNREGISTERED)
-                    .expect("fewer than 2^32 - 1 tasks waiting in one shard");
-                if shard.used == shard.chunks.len() * CHUNK {
-                    let chunk = Box::new(std::array::from_fn(|_| Entry::Free(None)));
-                    shard.chunks.push(chunk);
-                }
-                shard.used += 1;
-                *shard.entry(key) = Entry::Waker(waker.clone());
-                key
-            }
-        };
-        drop(shard);
-        self.shard = at;
-        self.key = key;
-        false
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.key == Slot::UNREGISTERED {
-            return;
-        }
-        let waker = {
-            let mut shard = self.wake.shards[usize::from(self.shard)].0.lock();
-            if shard.closed {
-                None
-            } else {
-                let free = Entry::Free(shard.free.replace(self.key));
-                Some(std::mem::replace(shard.entry(self.key), free))
-            }
-        };
-        // Dropped outside the lock.
-        drop(waker);
-    }
-}
-
-const _: () = assert!(std::mem::size_of::<Entry>() == 16);
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
-
-pin_project_lite::pin_project! {
-    /// Tracked work raced against the cancellation at the drain deadline, the work polled
-    /// first; a panic in the work is counted, then goes on to the join handle.
-    struct Cancellable<F> {
-        #[pin]
-        fut: F,
-        slot: Slot,
-    }
-}
-
-impl<F: Future> Future for Cancellable<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let fut = this.fut;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Some(output)),
-            Ok(std::task::Poll::Pending) if this.slot.cancelled(cx.waker()) => {
-                std::task::Poll::Ready(None)
-            }
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(panic) => {
-                tracing::error!(target: "lifecycle_hooks", panic = %panic_message(&*panic), "tracked work panicked");
-                // Release: the runner reads the count (Acquire) after this task has ended.
-                this.slot.wake.panicked.fetch_add(1, Ordering::Release);
-                // The join handle still sees the panic, as with a plain `tokio::spawn`.
-                std::panic::resume_unwind(panic);
-            }
-        }
-    }
 }

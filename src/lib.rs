@@ -6,6 +6,7 @@
 //! Start at [`Lifecycle::builder`]; the exit-status policy is [`ExitCodes`].
 
 mod builder;
+mod cancel;
 mod control;
 mod deadline;
 pub mod errors;
@@ -24,6 +25,7 @@ mod plan;
 mod registry;
 mod runner;
 mod signals;
+mod sync;
 pub mod testing;
 mod work;
 

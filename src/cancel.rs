@@ -1,0 +1,381 @@
+//! The cancellation at the drain deadline for tasks spawned by
+//! [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn). See [`CancelWake`].
+//!
+//! Written against `crate::sync`, so `RUSTFLAGS="--cfg lifecycle_loom"` runs this very code under
+//! loom (the tests at the bottom): every interleaving of a task registering (or dropping its
+//! registration) against the cancel.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+
+use crate::errors::panic_message;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex};
+
+/// Shards of [`CancelWake`]: more than the worker threads of a typical runtime, so that two
+/// workers rarely share one.
+const SHARDS: usize = 8;
+
+/// Hands out shard numbers to threads, round-robin.
+#[cfg(not(lifecycle_loom))]
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(not(lifecycle_loom))]
+thread_local! {
+    /// This thread's shard: tasks first polled here register in it. Relaxed: the counter only
+    /// spreads threads over shards; every shard is correct for every thread.
+    static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+}
+
+// Under loom the counter starts afresh in every explored execution, so each replays the same.
+#[cfg(lifecycle_loom)]
+::loom::lazy_static! {
+    static ref NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+}
+
+#[cfg(lifecycle_loom)]
+::loom::thread_local! {
+    static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+}
+
+/// The cancellation at the drain deadline, for tasks spawned by [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn).
+///
+/// A task whose first poll returns `Pending` registers its waker in the shard of the thread
+/// polling it; when its work ends (or its future is dropped) it takes the waker out again.
+/// [`fire`](Self::fire) sets the flag, then closes each shard and wakes what it held. So a task
+/// locks one shard twice in its life, a lock the other workers rarely touch (one shard per
+/// thread, round-robin), and carries one pointer and a key, not a waiter of its own.
+///
+/// # Invariants
+///
+/// 1. `fired` is set (Release) before any shard is closed; a registered task re-polled after
+///    its wake-up reads it (Acquire) and ends.
+/// 2. Registration and closing happen under the shard's lock: a task registers before its shard
+///    closes (and is woken by `fire`) or sees it closed (and ends at once). No wake-up is lost,
+///    whatever the interleaving (`tests/spawn_cancel_model.rs`).
+/// 3. A closed shard never opens again and takes no new waker, so keys are never reused after
+///    the close and a late deregistration touches nothing.
+/// 4. A waker is held only while its task's future lives: the future's drop takes it out, so a
+///    finished task is freed at once, as with a plain `tokio::spawn`.
+#[derive(Debug)]
+pub(crate) struct CancelWake {
+    fired: AtomicBool,
+    /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
+    /// read (Acquire) once all work has ended or been given up.
+    panicked: AtomicUsize,
+    shards: [Padded; SHARDS],
+}
+
+impl Default for CancelWake {
+    fn default() -> Self {
+        CancelWake {
+            fired: AtomicBool::new(false),
+            panicked: AtomicUsize::new(0),
+            shards: std::array::from_fn(|_| Padded(Mutex::new(Shard::default()))),
+        }
+    }
+}
+
+/// One shard on cache lines of its own, so two workers' locks never share a line.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// Entries per chunk of a shard: the entries never move once allocated (no copy of the whole
+/// table as it grows, no old and new table live at once), and a chunk is 2 KiB.
+const CHUNK: usize = 128;
+
+/// The wakers of one shard. Locked briefly to add, take or drain; never across an await.
+#[derive(Debug, Default)]
+struct Shard {
+    closed: bool,
+    /// Registered wakers by key (chunk `key / CHUNK`, index `key % CHUNK`), and free entries,
+    /// each naming the next free one.
+    #[allow(
+        clippy::vec_box,
+        reason = "boxed so that growing the Vec moves pointers, never the entries"
+    )]
+    chunks: Vec<Box<[Entry; CHUNK]>>,
+    /// Entries handed out so far: those past it in the last chunk were never used.
+    used: usize,
+    /// The first free entry, if any.
+    free: Option<u32>,
+}
+
+impl Shard {
+    fn entry(&mut self, key: u32) -> &mut Entry {
+        let key = key as usize;
+        &mut self.chunks[key / CHUNK][key % CHUNK]
+    }
+}
+
+/// An entry of a shard: 16 bytes either way.
+#[derive(Debug)]
+enum Entry {
+    Waker(Waker),
+    Free(Option<u32>),
+}
+
+impl CancelWake {
+    /// Cancels every spawned task: each ends (its join handle yields `None`) at its next poll,
+    /// and one still waiting is woken for it. Idempotent.
+    pub(crate) fn fire(&self) {
+        // Release: a task that reads the flag (Acquire) sees everything before the cancel.
+        self.fired.store(true, Ordering::Release);
+        for shard in &self.shards {
+            let entries = {
+                let mut shard = shard.0.lock();
+                shard.closed = true;
+                shard.free = None;
+                shard.used = 0;
+                std::mem::take(&mut shard.chunks)
+            };
+            // Woken outside the lock.
+            for entry in entries.into_iter().flat_map(|chunk| *chunk) {
+                if let Entry::Waker(waker) = entry {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// How many tracked tasks panicked so far.
+    pub(crate) fn panicked(&self) -> usize {
+        // Acquire: pairs with the Release increments of tasks that panicked before they ended.
+        self.panicked.load(Ordering::Acquire)
+    }
+}
+
+/// A task's place in [`CancelWake`]: the shard and key of its waker once registered. 16 bytes,
+/// so that the task future of a small job keeps to tokio's smaller task cell.
+#[derive(Debug)]
+struct Slot {
+    wake: Arc<CancelWake>,
+    key: u32,
+    shard: u8,
+}
+
+impl Slot {
+    const UNREGISTERED: u32 = u32::MAX;
+
+    /// After a poll that returned `Pending`: whether the task is cancelled. On the first such
+    /// poll, registers `waker` unless the shard has closed. `Cancellable` is always the whole
+    /// future of its own tokio task, whose waker never changes, so one registration holds.
+    fn cancelled(&mut self, waker: &Waker) -> bool {
+        if self.key != Slot::UNREGISTERED {
+            // Acquire: see invariant 1.
+            return self.wake.fired.load(Ordering::Acquire);
+        }
+        // Shard 0 on a thread whose locals are being destroyed: any shard is correct.
+        let at = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        let mut shard = self.wake.shards[usize::from(at)].0.lock();
+        if shard.closed {
+            return true;
+        }
+        let key = match shard.free {
+            Some(key) => {
+                let entry = Entry::Waker(waker.clone());
+                let Entry::Free(next) = std::mem::replace(shard.entry(key), entry) else {
+                    unreachable!("the free list names only free entries")
+                };
+                shard.free = next;
+                key
+            }
+            None => {
+                // Each waiting task holds a task cell of at least 256 bytes: 2^32 of them in one
+                // shard cannot exist.
+                let key = u32::try_from(shard.used)
+                    .ok()
+                    .filter(|&key| key != Slot::UNREGISTERED)
+                    .expect("fewer than 2^32 - 1 tasks waiting in one shard");
+                if shard.used == shard.chunks.len() * CHUNK {
+                    let chunk = Box::new(std::array::from_fn(|_| Entry::Free(None)));
+                    shard.chunks.push(chunk);
+                }
+                shard.used += 1;
+                *shard.entry(key) = Entry::Waker(waker.clone());
+                key
+            }
+        };
+        drop(shard);
+        self.shard = at;
+        self.key = key;
+        false
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.key == Slot::UNREGISTERED {
+            return;
+        }
+        let waker = {
+            let mut shard = self.wake.shards[usize::from(self.shard)].0.lock();
+            if shard.closed {
+                None
+            } else {
+                let free = Entry::Free(shard.free.replace(self.key));
+                Some(std::mem::replace(shard.entry(self.key), free))
+            }
+        };
+        // Dropped outside the lock.
+        drop(waker);
+    }
+}
+
+#[cfg(not(lifecycle_loom))]
+const _: () = assert!(std::mem::size_of::<Entry>() == 16);
+#[cfg(not(lifecycle_loom))]
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+pin_project_lite::pin_project! {
+    /// Tracked work raced against the cancellation at the drain deadline, the work polled
+    /// first; a panic in the work is counted, then goes on to the join handle.
+    pub(crate) struct Cancellable<F> {
+        #[pin]
+        fut: F,
+        slot: Slot,
+    }
+}
+
+impl<F> Cancellable<F> {
+    /// `fut`, to be cancelled by `wake`.
+    pub(crate) fn new(fut: F, wake: &Arc<CancelWake>) -> Self {
+        Cancellable {
+            fut,
+            slot: Slot {
+                wake: Arc::clone(wake),
+                shard: 0,
+                key: Slot::UNREGISTERED,
+            },
+        }
+    }
+}
+
+impl<F: Future> Future for Cancellable<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let fut = this.fut;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Some(output)),
+            Ok(std::task::Poll::Pending) if this.slot.cancelled(cx.waker()) => {
+                std::task::Poll::Ready(None)
+            }
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => {
+                tracing::error!(target: "lifecycle_hooks", panic = %panic_message(&*panic), "tracked work panicked");
+                // Release: the runner reads the count (Acquire) after this task has ended.
+                this.slot.wake.panicked.fetch_add(1, Ordering::Release);
+                // The join handle still sees the panic, as with a plain `tokio::spawn`.
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// The real code above under loom: `RUSTFLAGS="--cfg lifecycle_loom" cargo test --release
+/// -p lifecycle-hooks --lib cancel::loom_model` (scripts/test runs it).
+#[cfg(all(test, lifecycle_loom))]
+mod loom_model {
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// A waker that records its wake-up in a loom atomic, so the model sees the write.
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (std::sync::Arc<Flag>, Waker) {
+        let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+        (std::sync::Arc::clone(&flag), Waker::from(flag))
+    }
+
+    fn slot(wake: &Arc<CancelWake>) -> Slot {
+        Slot {
+            wake: Arc::clone(wake),
+            key: Slot::UNREGISTERED,
+            shard: 0,
+        }
+    }
+
+    /// A task registering on its first `Pending` races the cancel: it sees the cancel and ends,
+    /// or it is registered and the cancel wakes it, and re-polled it ends. Never neither.
+    #[test]
+    fn a_registration_racing_the_cancel_is_never_lost() {
+        ::loom::model(|| {
+            let wake = Arc::new(CancelWake::default());
+            let task = {
+                let wake = Arc::clone(&wake);
+                ::loom::thread::spawn(move || {
+                    let (woken, waker) = flag();
+                    let mut slot = slot(&wake);
+                    let ended = slot.cancelled(&waker);
+                    (ended, woken, slot)
+                })
+            };
+            wake.fire();
+            let (ended, woken, mut slot) = task.join().unwrap();
+            if !ended {
+                assert!(woken.0.load(Ordering::SeqCst), "registered, never woken");
+                assert!(slot.cancelled(Waker::noop()), "woken, but not cancelled");
+            }
+        });
+    }
+
+    /// Two tasks first polled on two threads (two shards) against the cancel from a third.
+    #[test]
+    fn tasks_on_two_shards_are_each_ended_or_woken() {
+        ::loom::model(|| {
+            let wake = Arc::new(CancelWake::default());
+            let tasks: Vec<_> = (0..2)
+                .map(|_| {
+                    let wake = Arc::clone(&wake);
+                    ::loom::thread::spawn(move || {
+                        let (woken, waker) = flag();
+                        let mut slot = slot(&wake);
+                        let ended = slot.cancelled(&waker);
+                        (ended, woken, slot)
+                    })
+                })
+                .collect();
+            wake.fire();
+            for task in tasks {
+                let (ended, woken, _slot) = task.join().unwrap();
+                assert!(ended || woken.0.load(Ordering::SeqCst));
+            }
+        });
+    }
+
+    /// A task ending (its registration dropped) while the cancel runs: whichever comes first,
+    /// nothing is touched twice and every shard ends closed and empty.
+    #[test]
+    fn a_deregistration_racing_the_cancel_touches_nothing_freed() {
+        ::loom::model(|| {
+            let wake = Arc::new(CancelWake::default());
+            let (_woken, waker) = flag();
+            let mut task = slot(&wake);
+            assert!(!task.cancelled(&waker), "registered before the cancel");
+            let canceller = {
+                let wake = Arc::clone(&wake);
+                ::loom::thread::spawn(move || wake.fire())
+            };
+            drop(task);
+            canceller.join().unwrap();
+            for shard in &wake.shards {
+                let shard = shard.0.lock();
+                assert!(shard.closed && shard.chunks.is_empty() && shard.free.is_none());
+            }
+        });
+    }
+}
