@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::Control;
+use crate::control::{Control, ControlCell};
 use crate::deadline::Budget;
 use crate::errors::BuildError;
 use crate::event::{Event, EventHub, Observer};
@@ -309,7 +309,7 @@ impl Builder {
         let hard_exit = self.hard_exit.unwrap_or(self.signals.listens());
         let pending = plan.hook_names();
         let shared = Shared {
-            control: watch::Sender::new(Control::new(budget)),
+            control: Arc::new(ControlCell::new(Control::new(budget))),
             tracker: TaskTracker::new(),
             intake: CancellationToken::new(),
             drain: CancellationToken::new(),

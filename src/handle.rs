@@ -19,7 +19,7 @@ use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::BoxError;
 use crate::cancel::Cancellable;
-use crate::control::{Control, Effect, Escalation};
+use crate::control::{ControlCell, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{chain, panic_message};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
@@ -44,8 +44,8 @@ pub(crate) struct Config {
 /// State shared by the lifecycle and all its handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Triggers and escalation; a `watch` so the runner can await any change.
-    pub(crate) control: watch::Sender<Control>,
+    /// Triggers and escalation: copied out under one short lock, and awaited by version.
+    pub(crate) control: Arc<ControlCell>,
     /// Every tracked task, future and guard.
     pub(crate) tracker: TaskTracker,
     /// Cancelled when intake stops.
@@ -145,9 +145,7 @@ impl LifecycleHandle {
 
     /// Stops intake and keeps running until [`stop`](Self::stop) or [`restart`](Self::restart).
     pub fn quiet(&self) {
-        self.shared
-            .control
-            .send_if_modified(|c| c.quiet() != Effect::Nothing);
+        self.shared.control.update(|c| c.quiet() != Effect::Nothing);
     }
 
     /// Reports a failure and requests a stop with reason [`Reason::Failure`] (exit status 1).
@@ -167,7 +165,7 @@ impl LifecycleHandle {
         let now = Instant::now();
         let mut effect = Effect::Nothing;
         let hard_exit = self.shared.config.hard_exit;
-        self.shared.control.send_if_modified(|c| {
+        self.shared.control.update(|c| {
             effect = c.signal(signal, action, now);
             match effect {
                 Effect::Nothing | Effect::Dump => false,
@@ -200,7 +198,7 @@ impl LifecycleHandle {
         let now = Instant::now();
         self.shared
             .control
-            .send_if_modified(|c| c.request(reason, now) != Effect::Nothing);
+            .update(|c| c.request(reason, now) != Effect::Nothing);
     }
 
     fn exit_now(&self, signal: Signal) {
@@ -286,12 +284,12 @@ impl LifecycleHandle {
 
     /// Why the lifecycle is stopping, once a trigger has arrived.
     pub fn reason(&self) -> Option<Reason> {
-        self.shared.control.borrow().reason
+        self.shared.control.get().reason
     }
 
     /// The instants of the stop (trigger, drain deadline, end of budget), once one has begun.
     pub fn deadlines(&self) -> Option<Deadlines> {
-        self.shared.control.borrow().deadlines
+        self.shared.control.get().deadlines
     }
 
     /// The phase the lifecycle is in.

@@ -141,7 +141,7 @@ impl Lifecycle {
 async fn keep_stop_timeout(handle: LifecycleHandle) {
     let shared = &handle.shared;
     shared.stopping_sent.cancelled().await;
-    let Some(deadlines) = shared.control.borrow().deadlines else {
+    let Some(deadlines) = shared.control.get().deadlines else {
         return;
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));

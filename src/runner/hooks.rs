@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{Either, join_all};
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use super::Runner;
-use crate::control::{Control, Escalation};
+use crate::control::Escalation;
 use crate::deadline::{Deadlines, after};
 use crate::errors::{chain, panic_message};
 use crate::hook::HookContext;
@@ -190,13 +189,13 @@ pub(super) fn interrupted_by(
     bound: Bound,
     deadlines: Option<Deadlines>,
 ) -> impl Future<Output = HookResult> + use<> {
-    let mut control = shared.control.subscribe();
-    let mut escalation = control.clone();
+    let mut control = shared.control.watch();
+    let mut escalation = shared.control.watch();
     async move {
         let deadline = async {
             let deadlines = match deadlines {
                 Some(deadlines) => deadlines,
-                None => wait_control(&mut control, |c| c.deadlines).await,
+                None => control.wait_for(|c| c.deadlines).await,
             };
             sleep_until(match bound {
                 Bound::Drain => deadlines.drain(),
@@ -207,7 +206,7 @@ pub(super) fn interrupted_by(
         match bound {
             Bound::Drain => tokio::select! {
                 () = deadline => HookResult::TimedOut,
-                () = wait_control(&mut escalation, |c| c.escalated().then_some(())) => {
+                () = escalation.wait_for(|c| c.escalated().then_some(())) => {
                     HookResult::Abandoned
                 }
             },
@@ -216,22 +215,6 @@ pub(super) fn interrupted_by(
                 HookResult::TimedOut
             }
         }
-    }
-}
-
-/// Waits until `read` finds something in the control state and returns it; pends forever if the
-/// lifecycle is gone (nothing can change any more). The value is copied out under one borrow.
-pub(super) async fn wait_control<T>(
-    control: &mut watch::Receiver<Control>,
-    read: impl Fn(&Control) -> Option<T>,
-) -> T {
-    let found = match control.wait_for(|c| read(c).is_some()).await {
-        Ok(seen) => read(&seen),
-        Err(_) => None,
-    };
-    match found {
-        Some(value) => value,
-        None => pending().await,
     }
 }
 
@@ -244,10 +227,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 
 /// Completes with the signal once a third terminating signal asks to end at once.
 pub(crate) async fn immediate(shared: &crate::handle::Shared) -> Signal {
-    let mut control = shared.control.subscribe();
-    wait_control(&mut control, |c| match c.escalation {
-        Escalation::Immediate(signal) => Some(signal),
-        _ => None,
-    })
-    .await
+    let mut control = shared.control.watch();
+    control
+        .wait_for(|c| match c.escalation {
+            Escalation::Immediate(signal) => Some(signal),
+            _ => None,
+        })
+        .await
 }

@@ -88,7 +88,7 @@ impl<'a> Runner<'a> {
 
     /// The control state now, copied out: the borrow ends before this returns.
     fn control(&self) -> Control {
-        *self.shared.control.borrow()
+        self.shared.control.get()
     }
 
     pub(crate) async fn run_graph(&mut self) {
@@ -214,8 +214,10 @@ impl<'a> Runner<'a> {
                     shared.events.emit(Event::Ready);
                 }
                 self.run_hooks(index).await;
-                let mut control = shared.control.subscribe();
-                let _ = control.wait_for(|c| c.reason.is_some() || c.quiet).await;
+                let mut control = shared.control.watch();
+                control
+                    .wait_for(|c| (c.reason.is_some() || c.quiet).then_some(()))
+                    .await;
                 self.announce();
             }
             Some(Builtin::StopIntake) => {
@@ -230,8 +232,8 @@ impl<'a> Runner<'a> {
                 shared.intake.cancel();
                 self.run_hooks(index).await;
                 if self.control().reason.is_none() {
-                    let mut control = shared.control.subscribe();
-                    let _ = control.wait_for(|c| c.reason.is_some()).await;
+                    let mut control = shared.control.watch();
+                    control.wait_for(|c| c.reason.map(|_| ())).await;
                 }
                 // Whether the stop came while quiet waited or while the hooks above ran: it is
                 // announced (and systemd told `STOPPING=1`) before the drain.
