@@ -76,7 +76,8 @@ fn config(servers: &str) -> ClientConfig {
     config
 }
 
-/// Produces `m-<from>..m-<to>` (key = payload), one record per batch, and waits for each.
+/// Produces `m-0..m-<count>` (key = payload), one record per batch (`batch.num.messages=1`:
+/// tansu skips the rest of a batch when a consumer resumes inside it).
 fn seed(servers: &str, topic: &str, count: usize) {
     let producer: BaseProducer = config(servers)
         .set("linger.ms", "0")
@@ -89,8 +90,8 @@ fn seed(servers: &str, topic: &str, count: usize) {
             .send(BaseRecord::to(topic).key(&payload).payload(&payload))
             .map_err(|(e, _)| e)
             .expect("queued");
-        producer.flush(Duration::from_secs(10)).expect("written");
     }
+    producer.flush(Duration::from_secs(30)).expect("written");
 }
 
 /// Reads `topic` from the beginning until it holds `want` distinct payloads (bounded: 60 s),

@@ -86,16 +86,13 @@ impl Consumer {
     fn subscribe(&self, lifecycle: &LifecycleHandle) -> Result<(), Box<SubscribeError>> {
         let inner = &self.inner;
         let topics: Vec<&str> = inner.topics.iter().map(String::as_str).collect();
-        inner
-            .client
-            .subscribe(&topics)
-            .map_err(|source| {
-                Box::new(SubscribeError {
-                    group: inner.group.clone(),
-                    topics: inner.topics.join(","),
-                    source,
-                })
-            })?;
+        inner.client.subscribe(&topics).map_err(|source| {
+            Box::new(SubscribeError {
+                group: inner.group.clone(),
+                topics: inner.topics.join(","),
+                source,
+            })
+        })?;
         let thread = PollThread::spawn(inner, lifecycle.clone());
         *inner.poll.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         let (weak, lifecycle) = (Arc::downgrade(inner), lifecycle.clone());

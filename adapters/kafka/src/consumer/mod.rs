@@ -156,11 +156,12 @@ impl Inner {
     /// A message from the poll thread: start it or buffer it (invariants 1 and 4).
     fn on_message(self: &Arc<Self>, lifecycle: &LifecycleHandle, message: OwnedMessage) {
         let shared = &*self.shared;
+        let key: Key = (message.topic().to_owned(), message.partition());
+        let mut state = shared.lock();
+        // Checked under the lock: `stop_intake` sets the flag, then clears under the lock.
         if !shared.open() {
             return;
         }
-        let key: Key = (message.topic().to_owned(), message.partition());
-        let mut state = shared.lock();
         let running = state.running;
         let part = state.parts.entry(key.clone()).or_default();
         if !part.assigned {
@@ -184,10 +185,12 @@ impl Inner {
             part.ready = true;
             state.ready.push_back(key.clone());
         }
-        drop(state);
+        // Paused and resumed under the lock, so a pause and the resume that ends it cannot
+        // reach librdkafka in the wrong order (invariant 5: these calls only queue an op).
         if full {
             self.pause(&[key]);
         }
+        drop(state);
     }
 
     /// Spawns the handler for `message` as tracked, named work.
@@ -283,6 +286,9 @@ impl Inner {
             }
         }
         let idle = state.running == 0;
+        if !resume.is_empty() && shared.open() {
+            self.resume(&resume);
+        }
         drop(state);
         shared.ended.notify_all();
         if idle {
@@ -292,9 +298,6 @@ impl Inner {
             let what = format!("kafka {topic}/{partition}@{}", ending.offset);
             tracing::warn!(target: "lifecycle_hooks_kafka", message = %what, "Kafka message cut off at the deadline: not committed, it will be redelivered");
             ending.lifecycle.report_handed_back(what);
-        }
-        if !resume.is_empty() && shared.open() {
-            self.resume(&resume);
         }
         for (key, generation, message) in next {
             self.start(&ending.lifecycle, key, generation, message);
@@ -339,8 +342,8 @@ impl Inner {
                 assigned.push(key.clone());
             }
         }
-        drop(state);
         self.pause(&assigned);
+        drop(state);
     }
 }
 

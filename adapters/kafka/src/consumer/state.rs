@@ -16,6 +16,9 @@
 //!    buffered then are dropped uncounted (never started, never committed: redelivered).
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
 //!    while waiting on the broker); the revocation wait releases it through the `Condvar`.
+//!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
+//!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
+//!    `stop_intake` pause.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
