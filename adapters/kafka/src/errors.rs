@@ -136,6 +136,13 @@ pub enum BuildError {
         #[source]
         source: KafkaError,
     },
+    /// librdkafka rejected the consumer's configuration (an unknown property, a bad value).
+    #[error("could not create the Kafka consumer; check its configuration properties")]
+    Consumer {
+        /// The error from librdkafka.
+        #[source]
+        source: KafkaError,
+    },
     /// The closing phase is not allowed: only `exit` (the right place) and `shutdown` (the
     /// mistake, to show the difference) are.
     #[error(
@@ -152,4 +159,49 @@ pub enum BuildError {
          seconds, or turn the check off with `connect_on_startup(false)`"
     )]
     ConnectTimeout,
+}
+
+/// The consumer could not subscribe at startup: the startup hook of
+/// [`Consumer::hooks`](crate::Consumer::hooks) fails, and the service never reports ready.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kafka consumer of group `{group}` could not subscribe to `{topics}`")]
+#[non_exhaustive]
+pub struct SubscribeError {
+    /// The consumer group.
+    pub group: String,
+    /// The topics, comma-separated.
+    pub topics: String,
+    /// The error from librdkafka.
+    #[source]
+    pub source: KafkaError,
+}
+
+/// The consumer's close in `exit` did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerCloseError {
+    /// The final synchronous commit failed: the messages processed since the last commit will
+    /// be processed again by the next member (at-least-once, nothing is lost).
+    #[error(
+        "the final commit of the Kafka consumer of group `{group}` failed; messages processed \
+         since the last commit will be processed again"
+    )]
+    Commit {
+        /// The consumer group.
+        group: String,
+        /// The error from librdkafka.
+        #[source]
+        source: KafkaError,
+    },
+    /// The consumer did not finish leaving the group in the time the hook had.
+    #[error(
+        "the Kafka consumer of group `{group}` did not close within {waited:?}; the group \
+         rebalances when its session times out"
+    )]
+    Timeout {
+        /// The consumer group.
+        group: String,
+        /// How long the hook waited.
+        waited: std::time::Duration,
+    },
 }

@@ -1,11 +1,14 @@
-//! An rdkafka producer bound to a [`lifecycle_hooks`] graph: open while work drains, flushed and
-//! closed in `exit`. Start at [`Producer`]; bind it with [`Producer::hooks`].
+//! An rdkafka producer and consumer bound to a [`lifecycle_hooks`] graph. The producer stays open
+//! while work drains and is flushed and closed in `exit`: start at [`Producer`], bind it with
+//! [`Producer::hooks`]. The consumer pauses at `stop_intake`, finishes in-flight messages and
+//! commits before it closes: start at [`Consumer`], bind it with [`Consumer::hooks`].
 //!
 //! Closing a producer in `shutdown` makes every job that still publishes fail with
 //! [`ProducerClosed`]; the `exit` phase runs only after all work has
 //! ended, so that is where [`Producer::hook`] closes it by default.
 
 mod cluster;
+mod consumer;
 mod context;
 mod delivery;
 pub mod errors;
@@ -13,8 +16,15 @@ mod producer;
 mod state;
 
 pub use cluster::MockCluster;
+pub use consumer::{
+    Consumer, ConsumerBuilder, ConsumerStats,
+    DEFAULT_CLOSE_HOOK_NAME as DEFAULT_CONSUMER_CLOSE_HOOK_NAME, DEFAULT_PAUSE_HOOK_NAME,
+    DEFAULT_REVOKE_TIMEOUT, DEFAULT_SUBSCRIBE_HOOK_NAME, RebalanceEvent,
+};
 pub use delivery::{Delivery, DeliveryFuture};
-pub use errors::{CloseError, ConnectError, ProducerClosed, SendError};
+pub use errors::{
+    CloseError, ConnectError, ConsumerCloseError, ProducerClosed, SendError, SubscribeError,
+};
 pub use producer::{
     CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_HOOK_NAME, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOOK_NAME, DEFAULT_QUEUE_TIMEOUT, Producer, ProducerBuilder,

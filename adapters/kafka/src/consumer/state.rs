@@ -1,0 +1,206 @@
+//! What the consumer knows about each assigned partition: the message in flight, the messages
+//! fetched but not started, the offsets processed but not committed. See [`Shared`].
+//!
+//! # Invariants
+//!
+//! 1. At most one message per partition is in flight (`Part::in_flight`), and at most
+//!    `concurrency` across partitions (`State::running`): order is kept per partition.
+//! 2. A message is counted `fetched` when it is handed to the handler, and exactly once more
+//!    when it ends: `processed`, `failed`, or `handed_back` (cut off at the deadline). So once
+//!    nothing runs, fetched = processed + failed + handed back.
+//! 3. Only the offset of a message that ended (processed or failed) is stored, in offset order
+//!    (invariant 1), and only while its partition is still assigned in the generation the
+//!    message was fetched in: a message cut off, or finished after its partition was revoked,
+//!    is never committed, so it is redelivered.
+//! 4. No message is started once intake has stopped or the consumer is closing; the messages
+//!    buffered then are dropped uncounted (never started, never committed: redelivered).
+//! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
+//!    while waiting on the broker); the revocation wait releases it through the `Condvar`.
+//!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
+//!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
+//!    `stop_intake` pause.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::OwnedMessage;
+use tokio::sync::Notify;
+
+/// A partition: `(topic, partition)`.
+pub(crate) type Key = (String, i32);
+
+/// The consumer's counters. `fetched = processed + failed + handed_back` once nothing runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Messages handed to the handler.
+    pub fetched: u64,
+    /// Messages whose handler returned `Ok`.
+    pub processed: u64,
+    /// Messages whose handler returned an error or panicked (their offsets are committed: the
+    /// consumer moves past them, see [`Consumer`](crate::Consumer)).
+    pub failed: u64,
+    /// Messages whose offsets a commit covered (processed and failed ones only).
+    pub committed: u64,
+    /// Messages cut off at the drain deadline: not committed, reported with
+    /// [`report_handed_back`](lifecycle_hooks::LifecycleHandle::report_handed_back), redelivered.
+    pub handed_back: u64,
+    /// Partitions assigned to this member, summed over rebalances.
+    pub assigned: u64,
+    /// Partitions revoked from this member, summed over rebalances.
+    pub revoked: u64,
+    /// Messages running now.
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Part {
+    pub(crate) assigned: bool,
+    /// Bumped at every revocation: a message of an older generation stores no offset.
+    pub(crate) generation: u64,
+    pub(crate) in_flight: Option<i64>,
+    /// Fetched, not started.
+    pub(crate) queue: VecDeque<OwnedMessage>,
+    /// Paused because `queue` is full (not because intake stopped).
+    pub(crate) backpressure: bool,
+    /// Offsets stored (ended) and not yet covered by a commit, ascending.
+    pub(crate) uncommitted: VecDeque<i64>,
+    /// The next offset to commit: the last ended message's offset + 1.
+    pub(crate) stored_next: Option<i64>,
+    /// Waiting in `State::ready` for a slot.
+    pub(crate) ready: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) parts: HashMap<Key, Part>,
+    pub(crate) running: usize,
+    /// Partitions with buffered messages waiting for a slot, oldest first.
+    pub(crate) ready: VecDeque<Key>,
+}
+
+/// Counters, flags and the partition table, shared by the poll thread, message tasks and hooks.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Notified (with the lock released) when a message ends: revocation waits on it.
+    pub(crate) ended: Condvar,
+    /// Notified when nothing runs any more: the close hook waits on it.
+    pub(crate) idle: Notify,
+    pub(crate) concurrency: usize,
+    pub(crate) buffer: usize,
+    // Flags: SeqCst is unnecessary; each is set once and read under the state lock (which
+    // orders it with the bookkeeping), or read as a hint.
+    pub(crate) intake_stopped: AtomicBool,
+    pub(crate) closing: AtomicBool,
+    // Counters: Relaxed, tallies read as a snapshot.
+    pub(crate) fetched: AtomicU64,
+    pub(crate) processed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) committed: AtomicU64,
+    pub(crate) handed_back: AtomicU64,
+    pub(crate) assigned: AtomicU64,
+    pub(crate) revoked: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(concurrency: usize, buffer: usize) -> Shared {
+        Shared {
+            state: Mutex::new(State::default()),
+            ended: Condvar::new(),
+            idle: Notify::new(),
+            concurrency: concurrency.max(1),
+            buffer: buffer.max(1),
+            intake_stopped: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            fetched: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            handed_back: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it leaves plain bookkeeping behind; go on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether new messages may start.
+    pub(crate) fn open(&self) -> bool {
+        !self.intake_stopped.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stats(&self) -> ConsumerStats {
+        let in_flight = self.lock().running as u64;
+        ConsumerStats {
+            fetched: self.fetched.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            committed: self.committed.load(Ordering::Relaxed),
+            handed_back: self.handed_back.load(Ordering::Relaxed),
+            assigned: self.assigned.load(Ordering::Relaxed),
+            revoked: self.revoked.load(Ordering::Relaxed),
+            in_flight,
+        }
+    }
+
+    /// Waits (blocking the calling thread, the poll thread) until none of `keys` has a message
+    /// in flight, at most `timeout`. Returns the partitions still busy.
+    pub(crate) fn wait_ended(&self, keys: &[Key], timeout: Duration) -> Vec<(Key, i64)> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            let busy: Vec<(Key, i64)> = keys
+                .iter()
+                .filter_map(|k| {
+                    let offset = state.parts.get(k)?.in_flight?;
+                    Some((k.clone(), offset))
+                })
+                .collect();
+            let now = Instant::now();
+            if busy.is_empty() || now >= deadline {
+                return busy;
+            }
+            state = self
+                .ended
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// Counts the messages a commit of `offsets` covered (stored offsets below each).
+    pub(crate) fn committed_up_to(&self, offsets: &[(Key, i64)]) {
+        let mut covered = 0u64;
+        let mut state = self.lock();
+        for (key, next) in offsets {
+            if let Some(part) = state.parts.get_mut(key) {
+                while part.uncommitted.front().is_some_and(|o| o < next) {
+                    part.uncommitted.pop_front();
+                    covered += 1;
+                }
+            }
+        }
+        drop(state);
+        self.committed.fetch_add(covered, Ordering::Relaxed);
+    }
+
+    /// The offsets to commit for `keys` (all partitions if `None`): the stored ones not yet
+    /// covered by a commit.
+    pub(crate) fn to_commit(&self, keys: Option<&[Key]>) -> Vec<(Key, i64)> {
+        let state = self.lock();
+        state
+            .parts
+            .iter()
+            .filter(|(k, _)| keys.is_none_or(|keys| keys.contains(k)))
+            .filter(|(_, p)| !p.uncommitted.is_empty())
+            .filter_map(|(k, p)| Some((k.clone(), p.stored_next?)))
+            .collect()
+    }
+}
