@@ -196,7 +196,7 @@ async fn deadline_hands_back_uncommitted_and_it_is_redelivered() {
         })
         .expect("a consumer");
     let lifecycle = testing::builder()
-        .shutdown_timeout(Duration::from_millis(1500))
+        .budget(Duration::from_millis(1500))
         .exit_reserve(Duration::from_millis(1000))
         .hooks(consumer.hooks())
         .build()

@@ -150,18 +150,18 @@ async fn main() -> Result<Outcome, BoxError> {
     }
 
     let lifecycle = Lifecycle::builder()
-        .shutdown_timeout(options.budget)
+        .budget(options.budget)
         .hooks(producer.hooks())
         .hooks(consumer.hooks())
         .observe(|event| match event {
             Event::Ready => say(format_args!("ready pid={}", std::process::id())),
             Event::Draining {
                 in_flight,
-                time_left,
+                drain_left,
             } => tracing::info!(
                 target: "kafka_pipeline",
                 "draining: {in_flight} messages in flight, {:.1} s left",
-                time_left.as_secs_f64()
+                drain_left.as_secs_f64()
             ),
             _ => {}
         })
