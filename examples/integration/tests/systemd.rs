@@ -775,3 +775,279 @@ fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
         "{kinds:?}"
     );
 }
+
+/// How one request of a client loop went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// `200 ready`.
+    Ready,
+    /// `503 stopping`: answered by a process whose stop had begun (a complete answer).
+    Stopping,
+    Refused,
+    Reset,
+    /// Anything else: a timeout, a bad or missing response.
+    Failed,
+}
+
+/// One `GET /ready` on a new connection, classified.
+fn classify(addr: SocketAddr) -> Reply {
+    match get_ready(addr) {
+        Ok(200) => Reply::Ready,
+        Ok(503) => Reply::Stopping,
+        Err(std::io::ErrorKind::ConnectionRefused) => Reply::Refused,
+        Err(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => Reply::Reset,
+        _ => Reply::Failed,
+    }
+}
+
+/// What the client loops saw over a run of `USR2` restarts.
+struct RollReport {
+    requests: usize,
+    counts: BTreeMap<String, usize>,
+    /// The slowest request begun while a restart was under way (signal to the next `ready`).
+    worst_in_restart: Duration,
+    /// The slowest request of the whole run.
+    worst: Duration,
+    /// Every restart's `stop-post` line of the store (`NFileDescriptorStore` as the old process
+    /// ended), then the final stop's.
+    stored_at_restart: Vec<String>,
+    stored_at_stop: String,
+    /// systemd's account of the final stop.
+    final_stop: (String, String, String),
+    /// Open descriptors of the first and the last process, each idle after `ready`.
+    fds_first: usize,
+    fds_last: usize,
+    took: Duration,
+}
+
+impl RollReport {
+    fn count(&self, reply: Reply) -> usize {
+        self.counts.get(&format!("{reply:?}")).copied().unwrap_or(0)
+    }
+}
+
+/// Open descriptors of `pid` in the sandbox, counted once they are no more than `at_most`
+/// (connections the clients just closed may take a moment to be closed by the server too), or
+/// the last count seen within `PATIENCE`.
+fn open_fds(sandbox: &Sandbox, pid: &str, at_most: usize) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let listing = sandbox.exec(&["ls", &format!("/proc/{pid}/fd")]);
+        assert!(listing.status.success(), "{listing:?}");
+        let count = String::from_utf8_lossy(&listing.stdout).lines().count();
+        if count <= at_most || Instant::now() > deadline {
+            return count;
+        }
+    }
+}
+
+/// `03_axum` as a notify unit named `unit` on `port`, `extra` drop-in lines: 4 client loops send
+/// `GET /ready` on a new connection each (one every 5 ms per loop) through `restarts` `USR2`
+/// restarts, then a final `systemctl stop`.
+fn axum_rolling_restarts(
+    sandbox: &Sandbox,
+    unit: &str,
+    restarts: usize,
+    extra: &str,
+) -> RollReport {
+    const LOOPS: usize = 4;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port_arg = port.to_string();
+    // A second ExecStopPost (run as root, `+`) records how many descriptors systemd holds for
+    // the unit as each run ends, before a stop releases the store.
+    let extra = format!(
+        "RestartSec=0\n{extra}\nExecStopPost=+/bin/sh -c 'echo stop-post-store \
+         n=$$(systemctl show -p NFileDescriptorStore --value %n)'\n\
+         [Unit]\nStartLimitIntervalSec=0\n"
+    );
+    let mut out = install(
+        sandbox,
+        unit,
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        &extra,
+    );
+    sandbox.systemctl(&["start", unit]);
+    let first_pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+    assert_eq!(get_ready(addr), Ok(200));
+    let fds_first = open_fds(sandbox, &first_pid, usize::MAX);
+
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel::<()>();
+    let clients: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            let warm_tx = warm_tx.clone();
+            std::thread::spawn(move || {
+                let mut results: Vec<(Instant, Duration, Reply)> = Vec::new();
+                // Bounded: the run ends with the restarts, or at this many requests.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && results.len() < 40_000 {
+                    let at = Instant::now();
+                    let reply = classify(addr);
+                    results.push((at, at.elapsed(), reply));
+                    if results.len() == 10 {
+                        let _ = warm_tx.send(());
+                    }
+                    // Pacing of the load, not a synchronization.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                results
+            })
+        })
+        .collect();
+    for _ in 0..LOOPS {
+        warm_rx
+            .recv_timeout(PATIENCE)
+            .expect("the client loops started");
+    }
+    let mut windows = Vec::new();
+    let mut stored_at_restart = Vec::new();
+    let mut last_pid = first_pid.clone();
+    for _ in 0..restarts {
+        let signalled = Instant::now();
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", unit]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        stored_at_restart.push(out.expect(|l| l.starts_with("stop-post-store ")));
+        let pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+        assert_ne!(pid, last_pid);
+        last_pid = pid;
+        windows.push((signalled, Instant::now()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|client| client.join().unwrap())
+        .collect();
+    let took = started.elapsed();
+    let n_restarts = sandbox.property(unit, "NRestarts");
+    assert_eq!(n_restarts, restarts.to_string(), "NRestarts");
+    let fds_last = open_fds(sandbox, &last_pid, fds_first);
+    sandbox.systemctl(&["stop", unit]);
+    let final_stop = ended(&mut out);
+    let stored_at_stop = out.expect(|l| l.starts_with("stop-post-store "));
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, reply) in &results {
+        *counts.entry(format!("{reply:?}")).or_insert(0) += 1;
+    }
+    let in_restart = |at: &Instant| windows.iter().any(|(from, to)| at >= from && at <= to);
+    let worst_in_restart = results
+        .iter()
+        .filter(|(at, _, _)| in_restart(at))
+        .map(|(_, took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    let worst = results
+        .iter()
+        .map(|(_, took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    RollReport {
+        requests: results.len(),
+        counts,
+        worst_in_restart,
+        worst,
+        stored_at_restart,
+        stored_at_stop,
+        final_stop,
+        fds_first,
+        fds_last,
+        took,
+    }
+}
+
+#[test]
+fn axum_keeps_its_listener_in_the_fd_store_through_usr2_restarts() {
+    let Some(sandbox) = Sandbox::start("zerogap") else {
+        return;
+    };
+    // The shipped unit stores up to FileDescriptorStoreMax descriptors: 03_axum stores `http`.
+    assert!(
+        shipped_unit()
+            .lines()
+            .any(|l| l.starts_with("FileDescriptorStoreMax=")),
+        "the shipped unit keeps a store"
+    );
+    const RESTARTS: usize = 50;
+    let store = axum_rolling_restarts(&sandbox, "zerogap.service", RESTARTS, "");
+    eprintln!(
+        "03_axum, fd store, {RESTARTS} USR2 restarts in {:?}: {} requests {:?}; worst latency \
+         during a restart {:?} (whole run {:?}); open fds first {} last {}; store at each \
+         restart {:?}, at the final stop {:?}",
+        store.took,
+        store.requests,
+        store.counts,
+        store.worst_in_restart,
+        store.worst,
+        store.fds_first,
+        store.fds_last,
+        store.stored_at_restart.iter().collect::<BTreeSet<_>>(),
+        store.stored_at_stop
+    );
+    // The control: the same run with the store turned off, fewer restarts.
+    const CONTROL_RESTARTS: usize = 5;
+    let control = axum_rolling_restarts(
+        &sandbox,
+        "nostore.service",
+        CONTROL_RESTARTS,
+        "FileDescriptorStoreMax=0",
+    );
+    eprintln!(
+        "03_axum, no fd store, {CONTROL_RESTARTS} USR2 restarts in {:?}: {} requests {:?}; worst \
+         latency during a restart {:?}; store at each restart {:?}",
+        control.took,
+        control.requests,
+        control.counts,
+        control.worst_in_restart,
+        control.stored_at_restart.iter().collect::<BTreeSet<_>>()
+    );
+
+    assert_eq!(store.count(Reply::Refused), 0, "{:?}", store.counts);
+    assert_eq!(store.count(Reply::Reset), 0, "{:?}", store.counts);
+    assert_eq!(store.count(Reply::Failed), 0, "{:?}", store.counts);
+    assert!(
+        store.count(Reply::Ready) > RESTARTS * 10,
+        "{:?}",
+        store.counts
+    );
+    // systemd held the one listener at every restart (sent again by each process: one copy),
+    // and nothing at the final stop: the service removed it (FDSTOREREMOVE=1) before exiting.
+    assert!(
+        store
+            .stored_at_restart
+            .iter()
+            .all(|l| l == "stop-post-store n=1"),
+        "{:?}",
+        store.stored_at_restart
+    );
+    assert_eq!(store.stored_at_stop, "stop-post-store n=0");
+    assert_eq!(store.final_stop, account("success", "exited", "0"));
+    // No descriptor leaks from one process to the next (the last one inherited its listener).
+    assert_eq!(store.fds_last, store.fds_first, "open descriptors");
+
+    // Without the store the same restarts refuse connections: the test can fail.
+    assert!(control.count(Reply::Refused) > 0, "{:?}", control.counts);
+    assert!(
+        control
+            .stored_at_restart
+            .iter()
+            .all(|l| l == "stop-post-store n=0"),
+        "{:?}",
+        control.stored_at_restart
+    );
+    // And the store's count at the final stop can show what was left: a process killed outside
+    // the lifecycle (KillSignal=SIGKILL) never removes its listener, and systemd still holds it
+    // when ExecStopPost runs.
+    let killed = axum_rolling_restarts(&sandbox, "killed.service", 0, "KillSignal=SIGKILL");
+    eprintln!(
+        "03_axum, fd store, SIGKILLed by the stop: store at the final stop {:?}",
+        killed.stored_at_stop
+    );
+    assert_eq!(killed.final_stop.2, "KILL", "{:?}", killed.final_stop);
+    assert_eq!(killed.stored_at_stop, "stop-post-store n=1");
+}
