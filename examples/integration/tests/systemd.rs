@@ -1051,3 +1051,80 @@ fn axum_keeps_its_listener_in_the_fd_store_through_usr2_restarts() {
     assert_eq!(killed.final_stop.2, "KILL", "{:?}", killed.final_stop);
     assert_eq!(killed.stored_at_stop, "stop-post-store n=1");
 }
+
+#[test]
+fn a_socket_unit_hands_axum_its_named_listener_and_a_wrong_one_is_refused() {
+    let Some(sandbox) = Sandbox::start("socket") else {
+        return;
+    };
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    };
+    let socket_unit = |listen: &str| {
+        format!("[Unit]\nDefaultDependencies=no\n[Socket]\n{listen}\nFileDescriptorName=http\n")
+    };
+
+    // A stream socket named `http`: systemd listens, the first connection starts the service,
+    // which takes the socket (LISTEN_FDNAMES=http) and answers that connection.
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port_arg = port.to_string();
+    sandbox.install(
+        "web.socket",
+        &socket_unit(&format!("ListenStream=127.0.0.1:{port}")),
+        "",
+    );
+    let mut out = install(
+        &sandbox,
+        "web.service",
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        "",
+    );
+    sandbox.systemctl(&["start", "web.socket"]);
+    assert_eq!(sandbox.property("web.service", "ActiveState"), "inactive");
+    let started = Instant::now();
+    assert_eq!(get_ready(addr), Ok(200), "the first connection is answered");
+    let answered = started.elapsed();
+    let pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+    assert_eq!(sandbox.property("web.service", "MainPID"), pid);
+    let journal = sandbox.journal("web.service");
+    assert!(
+        journal.contains("listener inherited from the service manager name=\"http\" fd=3"),
+        "{journal}"
+    );
+    sandbox.systemctl(&["stop", "web.service"]);
+    assert_eq!(ended(&mut out), account("success", "exited", "0"));
+    eprintln!("socket activation: the connection that started 03_axum answered after {answered:?}");
+
+    // A datagram socket under the same name: startup fails (status 1) with an error naming the
+    // descriptor and what is wrong with it.
+    let port = free_port();
+    let port_arg = port.to_string();
+    sandbox.install(
+        "bad.socket",
+        &socket_unit(&format!("ListenDatagram=127.0.0.1:{port}")),
+        "",
+    );
+    let mut bad_out = install(
+        &sandbox,
+        "bad.service",
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        "Restart=no",
+    );
+    sandbox.systemctl(&["start", "bad.socket"]);
+    let start = sandbox.systemctl_status(&["start", "bad.service"]);
+    assert!(!start.status.success(), "{start:?}");
+    assert_eq!(ended(&mut bad_out), account("exit-code", "exited", "1"));
+    let journal = sandbox.journal("bad.service");
+    let error = journal
+        .lines()
+        .find(|l| l.contains("inherited file descriptor 3 named `http`"))
+        .unwrap_or_else(|| panic!("no error naming the descriptor:\n{journal}"));
+    assert!(error.contains("not a stream socket"), "{error}");
+    eprintln!("wrong socket: {error}");
+}
