@@ -1128,3 +1128,200 @@ fn a_socket_unit_hands_axum_its_named_listener_and_a_wrong_one_is_refused() {
     assert!(error.contains("not a stream socket"), "{error}");
     eprintln!("wrong socket: {error}");
 }
+
+/// `LLEN key` on the test's Redis.
+fn llen(redis: &redis::Client, key: &str) -> usize {
+    let mut conn = redis.get_connection().unwrap();
+    redis::cmd("LLEN").arg(key).query(&mut conn).unwrap()
+}
+
+/// Reads `LLEN key` until `done` holds, within `PATIENCE`; returns the last value.
+fn llen_until(redis: &redis::Client, key: &str, done: impl Fn(usize) -> bool) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let n = llen(redis, key);
+        if done(n) || Instant::now() > deadline {
+            return n;
+        }
+    }
+}
+
+/// The `process_id=...` of the demo's `redis source identity` log line, and its `restored=`.
+fn identity(line: &str) -> (String, String) {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    (field("process_id"), field("restored"))
+}
+
+/// One run of the demo on `queue` under `unit`: 12 jobs of 1 s, 4 at a time. The first process
+/// is restarted by `USR2` while 4 jobs run (it finishes them); the second is SIGKILLed while its
+/// first 4 jobs run (no exit hook, no hand-back), and systemd restarts it.
+struct KilledRun {
+    /// The `(process_id, restored)` of each of the three processes.
+    ids: Vec<(String, String)>,
+    /// How long after the kill the third process reported recovered jobs, if it did.
+    recovered_after: Option<Duration>,
+    /// Jobs left in the killed process's processing list once the queue was empty.
+    left_in_killed_list: usize,
+    /// The summaries of the first and the third run (the killed one printed none).
+    summaries: Vec<HashMap<String, String>>,
+}
+
+impl KilledRun {
+    fn sum(&self, key: &str) -> u64 {
+        self.summaries
+            .iter()
+            .map(|s| s[key].parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+fn redis_source_killed_and_restarted(
+    sandbox: &Sandbox,
+    redis: &lifecycle_hooks_test_support::redis::RedisServer,
+    unit: &str,
+    queue: &str,
+    extra: &str,
+) -> KilledRun {
+    const JOBS: usize = 12;
+    let client = redis.client();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let source = lifecycle_hooks_jobs::RedisSource::builder(client.clone(), queue)
+            .connect()
+            .await
+            .unwrap();
+        let jobs: Vec<_> = (0..JOBS)
+            .map(|i| lifecycle_hooks_jobs::Job::new(format!("job-{i}"), ""))
+            .collect();
+        source.enqueue_all(&jobs).await.unwrap();
+    });
+    let url = redis.url();
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--queue",
+        queue,
+        "--job-ms",
+        "1000",
+        "--concurrency",
+        "4",
+    ];
+    // The demo's and the pool's info lines too: the identity, the recovered jobs.
+    let extra = format!(
+        "RestartSec=0\nEnvironment=RUST_LOG=lifecycle_hooks=info,lifecycle_hooks_jobs=info,\
+         jobs_to_kafka=info\n{extra}\n[Unit]\nStartLimitIntervalSec=0\n"
+    );
+    let mut out = install(sandbox, unit, "jobs_to_kafka", &args, &extra);
+    let mut journal = sandbox.follow_journal(unit);
+    let processing = |id: &str| format!("lhj:{{{queue}}}:processing:{id}");
+    let mut ids = Vec::new();
+    let mut summaries = Vec::new();
+    sandbox.systemctl(&["start", unit]);
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    // 1. USR2 while 4 jobs run: they finish, the process exits 4 and is started again.
+    assert_eq!(llen_until(&client, &processing(&ids[0].0), |n| n == 4), 4);
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", unit]);
+    summaries.push(fields(&out.expect(|l| l.starts_with("summary "))));
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    // 2. SIGKILL while 4 jobs run: they stay in the processing list.
+    let killed_list = processing(&ids[1].0);
+    assert_eq!(llen_until(&client, &killed_list, |n| n == 4), 4);
+    sandbox.systemctl(&["kill", "-s", "KILL", "--kill-whom=main", unit]);
+    let killed = Instant::now();
+    assert_eq!(ended(&mut out), account("signal", "killed", "KILL"));
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    let recovered_after = journal
+        .first_within(Duration::from_secs(1), |l| {
+            l.contains("recovered jobs a stopped process left unfinished")
+        })
+        .map(|_| killed.elapsed());
+    let queued = format!("lhj:{{{queue}}}:queue");
+    assert_eq!(
+        llen_until(&client, &queued, |n| n == 0),
+        0,
+        "queue worked off"
+    );
+    // The third process's own list empties as its last jobs end.
+    assert_eq!(llen_until(&client, &processing(&ids[2].0), |n| n == 0), 0);
+    let left_in_killed_list = llen(&client, &killed_list);
+    sandbox.systemctl(&["stop", unit]);
+    summaries.push(fields(&out.expect(|l| l.starts_with("summary "))));
+    assert_eq!(llen(&client, &format!("lhj:{{{queue}}}:dead")), 0);
+    KilledRun {
+        ids,
+        recovered_after,
+        left_in_killed_list,
+        summaries,
+    }
+}
+
+#[test]
+fn a_restarted_redis_worker_keeps_its_identity_and_gets_its_jobs_back_at_once() {
+    let Some(sandbox) = Sandbox::start("identity") else {
+        return;
+    };
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let kept = redis_source_killed_and_restarted(&sandbox, &redis, "kept.service", "kept", "");
+    eprintln!(
+        "redis identity kept in the fd store: {:?}; recovered {:?} after the kill (lease 30 s); \
+         left in the killed list {}; completed {} (runs 1 and 3), lost {}",
+        kept.ids,
+        kept.recovered_after,
+        kept.left_in_killed_list,
+        kept.sum("jobs_completed"),
+        kept.sum("jobs_lost")
+    );
+    // The control: no fd store, so each restarted process takes a new identity.
+    let control = redis_source_killed_and_restarted(
+        &sandbox,
+        &redis,
+        "fresh.service",
+        "fresh",
+        "FileDescriptorStoreMax=0",
+    );
+    eprintln!(
+        "redis identity without the store: {:?}; recovered {:?}; left in the killed list {}; \
+         completed {}",
+        control.ids,
+        control.recovered_after,
+        control.left_in_killed_list,
+        control.sum("jobs_completed")
+    );
+
+    let first = &kept.ids[0].0;
+    assert_eq!(kept.ids[0].1, "false");
+    for (id, restored) in &kept.ids[1..] {
+        assert_eq!((id, restored.as_str()), (first, "true"), "{:?}", kept.ids);
+    }
+    let after = kept
+        .recovered_after
+        .expect("the 4 killed jobs were recovered");
+    assert!(after < Duration::from_secs(10), "{after:?}, lease 30 s");
+    assert_eq!(kept.left_in_killed_list, 0);
+    // Nothing lost: every job completed once, in the first or the third run (the 4 the killed
+    // run held were recovered and run by the third).
+    assert_eq!(kept.sum("jobs_completed"), 12, "{:?}", kept.summaries);
+    assert_eq!(kept.sum("jobs_failed") + kept.sum("jobs_lost"), 0);
+
+    let fresh: BTreeSet<_> = control.ids.iter().map(|(id, _)| id).collect();
+    assert_eq!(fresh.len(), 3, "{:?}", control.ids);
+    assert!(control.ids.iter().all(|(_, restored)| restored == "false"));
+    assert_eq!(control.recovered_after, None);
+    assert_eq!(control.left_in_killed_list, 4, "waiting for the lease");
+    assert_eq!(control.sum("jobs_completed"), 8, "{:?}", control.summaries);
+}
