@@ -294,9 +294,10 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
         timeout,
     );
     // The same run without the notify socket: no EXTEND_TIMEOUT_USEC (and no READY=1, so
-    // Type=exec; WatchdogSec=0 too, as a watchdog makes systemd turn NotifyAccess=none into
-    // main and pass the socket anyway).
-    let no_notify = format!("{timeout}\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    // Type=exec; WatchdogSec=0 and FileDescriptorStoreMax=0 too, as a watchdog or an fd store
+    // makes systemd turn NotifyAccess=none into main and pass the socket anyway).
+    let no_notify =
+        format!("{timeout}\nType=exec\nNotifyAccess=none\nWatchdogSec=0\nFileDescriptorStoreMax=0");
     let mut plain_out = install(
         &sandbox,
         "plain.service",
@@ -316,7 +317,10 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
         "--shutdown-timeout-ms",
         budget_arg.as_str(),
     ];
-    let scaled = format!("TimeoutStopSec={stop_ms}ms\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    let scaled = format!(
+        "TimeoutStopSec={stop_ms}ms\nType=exec\nNotifyAccess=none\nWatchdogSec=0\n\
+         FileDescriptorStoreMax=0"
+    );
     let mut forced_out = install(
         &sandbox,
         "budget.service",
