@@ -77,7 +77,7 @@ async fn lifecycle_run() -> Duration {
     let woken = Woken::new(LISTENERS);
     for _ in 0..LISTENERS {
         handle.spawn(listener(
-            handle.intake_stopped(),
+            handle.intake_stopped().into_future(),
             Arc::clone(&barrier),
             Arc::clone(&woken),
         ));

@@ -96,7 +96,7 @@ async fn serve(
     handle: lifecycle_hooks::LifecycleHandle,
     served: Arc<AtomicU64>,
 ) {
-    let mut stopped = std::pin::pin!(handle.intake_stopped());
+    let mut stopped = std::pin::pin!(handle.intake_stopped().into_future());
     loop {
         let (mut stream, _) = tokio::select! {
             biased;

@@ -32,7 +32,6 @@ use nix::sys::socket::{
 use parking_lot::Mutex;
 
 use crate::errors::ListenError;
-use crate::handle::LifecycleHandle;
 use crate::notify::Notifier;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -252,16 +251,17 @@ pub(crate) struct Stored {
 /// ```
 #[derive(Debug, Clone)]
 pub struct FdStore {
-    handle: LifecycleHandle,
+    notifier: Option<Arc<Notifier>>,
+    stored: Arc<Stored>,
 }
 
 impl FdStore {
-    pub(crate) fn new(handle: LifecycleHandle) -> Self {
-        FdStore { handle }
+    pub(crate) fn new(notifier: Option<Arc<Notifier>>, stored: Arc<Stored>) -> Self {
+        FdStore { notifier, stored }
     }
 
     fn notifier(&self) -> Option<&Arc<Notifier>> {
-        self.handle.shared.config.notifier.as_ref()
+        self.notifier.as_ref()
     }
 
     /// The listener named `name`: the descriptor of that name passed by systemd (socket
@@ -373,7 +373,7 @@ impl FdStore {
         };
         match notifier.send_fd(&format!("FDSTORE=1\nFDNAME={name}"), fd) {
             Ok(()) => {
-                let mut stored = self.handle.shared.stored.names.lock();
+                let mut stored = self.stored.names.lock();
                 if !stored.iter().any(|n| n == name) {
                     stored.push(name.to_owned());
                 }
@@ -485,12 +485,12 @@ pub(crate) fn release_unclaimed(notifier: Option<&Arc<Notifier>>) {
 }
 
 /// At the end of a run: on any ending but a restart, removes what this process stored.
-pub(crate) fn release_stored(handle: &LifecycleHandle, restart: bool) {
-    let names = std::mem::take(&mut *handle.shared.stored.names.lock());
+pub(crate) fn release_stored(notifier: Option<&Arc<Notifier>>, stored: &Stored, restart: bool) {
+    let names = std::mem::take(&mut *stored.names.lock());
     if restart || names.is_empty() {
         return;
     }
-    if let Some(notifier) = &handle.shared.config.notifier {
+    if let Some(notifier) = notifier {
         for name in names {
             notifier.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
         }

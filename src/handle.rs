@@ -1,12 +1,12 @@
 //! The cloneable handle to a lifecycle. See [`LifecycleHandle`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
@@ -25,10 +25,12 @@ use crate::control::{Control, Effect, Escalation};
 use crate::deadline::{Budget, Deadlines};
 use crate::errors::{chain, panic_message};
 use crate::event::{Event, EventHub, EventStream, Snapshot};
+use crate::milestone::{Milestone, Reload};
 use crate::notify::Notifier;
-use crate::outcome::{ExitCodes, IntoHookResult, Reason, WorkItem};
+use crate::outcome::{ExitCodes, IntoHookResult, Reason};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
+use crate::work::{NamedKey, WorkRegistry};
 
 /// Settings fixed at build time.
 #[derive(Debug)]
@@ -54,20 +56,16 @@ pub(crate) struct Shared {
     pub(crate) drain: CancellationToken,
     /// Cancelled at the drain deadline (or on escalation): remaining work must stop now.
     pub(crate) cancel: CancellationToken,
-    /// Woken with `cancel`: what `spawn` races each task against (no token clone per task).
-    pub(crate) cancel_wake: Arc<tokio::sync::Notify>,
-    /// Set (Release) before `cancel_wake` is notified; read (Acquire) at spawn.
-    pub(crate) cancel_fired: AtomicBool,
+    /// Fired with `cancel`: the spawned tasks still waiting, woken so each ends at its next
+    /// poll, and the count of those that panicked. One pointer per spawned task.
+    pub(crate) cancel_wake: Arc<CancelWake>,
     /// Cancelled once the runner has sent `STOPPING=1`: from then on the stop timeout may be
     /// extended.
     pub(crate) stopping_sent: CancellationToken,
-    /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
-    /// read (Acquire) once all work has ended or been given up.
-    pub(crate) panicked_work: Arc<AtomicUsize>,
     /// Named work in flight, for the stuck-work report.
-    pub(crate) work: WorkRegistry,
+    pub(crate) work: Arc<WorkRegistry>,
     /// Names this process put in systemd's fd store, removed again on a final stop.
-    pub(crate) stored: crate::fdstore::Stored,
+    pub(crate) stored: Arc<crate::fdstore::Stored>,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) events: EventHub,
@@ -92,72 +90,11 @@ impl Shared {
         self.drain.cancel();
     }
 
-    /// Cancels the work still in flight: the cancel token for those who wait on it, and the
-    /// flag plus `Notify` that `spawn` races each task against (flag first, then the wake-up;
-    /// `spawn` takes its `Notified` before reading the flag).
+    /// Cancels the work still in flight: the cancel token for those who wait on it, then every
+    /// task spawned by [`LifecycleHandle::spawn`] (see [`CancelWake::fire`]).
     pub(crate) fn cancel_work(&self) {
         self.cancel.cancel();
-        // Release: a spawn that reads the flag (Acquire) sees everything before the cancel.
-        self.cancel_fired.store(true, Ordering::Release);
-        self.cancel_wake.notify_waiters();
-    }
-}
-
-/// Named work in flight: name, phase and start of each item, by a key its guard removes.
-#[derive(Debug, Default)]
-pub(crate) struct WorkRegistry {
-    /// Locked briefly to add, remove or copy; never across an await or another lock.
-    items: Mutex<(u64, HashMap<u64, Named>)>,
-}
-
-/// One named item: its name, the phase it began in, and when.
-type Named = (Cow<'static, str>, Phase, Instant);
-
-impl WorkRegistry {
-    fn add(&self, name: Cow<'static, str>, phase: Phase) -> u64 {
-        let mut items = self.items.lock();
-        let key = items.0;
-        items.0 += 1;
-        items.1.insert(key, (name, phase, Instant::now()));
-        key
-    }
-
-    fn remove(&self, key: u64) {
-        self.items.lock().1.remove(&key);
-    }
-
-    /// Every item now, oldest first.
-    pub(crate) fn snapshot(&self) -> Vec<WorkItem> {
-        let now = Instant::now();
-        let mut items: Vec<(u64, WorkItem)> = self
-            .items
-            .lock()
-            .1
-            .iter()
-            .map(|(key, (name, phase, started))| {
-                let item = WorkItem {
-                    name: name.to_string(),
-                    phase: phase.clone(),
-                    age: now.saturating_duration_since(*started),
-                };
-                (*key, item)
-            })
-            .collect();
-        items.sort_by_key(|(key, _)| *key);
-        items.into_iter().map(|(_, item)| item).collect()
-    }
-}
-
-/// Removes a named work item from the registry when dropped.
-#[derive(Debug)]
-struct NamedKey {
-    shared: Arc<Shared>,
-    key: u64,
-}
-
-impl Drop for NamedKey {
-    fn drop(&mut self) {
-        self.shared.work.remove(self.key);
+        self.cancel_wake.fire();
     }
 }
 
@@ -387,7 +324,10 @@ impl LifecycleHandle {
     /// Named listeners and state blobs kept in systemd's file-descriptor store across a restart;
     /// see [`FdStore`](crate::FdStore).
     pub fn fd_store(&self) -> crate::FdStore {
-        crate::fdstore::FdStore::new(self.clone())
+        crate::fdstore::FdStore::new(
+            self.shared.config.notifier.clone(),
+            Arc::clone(&self.shared.stored),
+        )
     }
 
     /// Tracked work in flight: spawned tasks, tracked futures and guards.
@@ -426,16 +366,15 @@ impl LifecycleHandle {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // Created before the flag is read: a cancel after this point reaches it (`notify_waiters`
-        // wakes every `Notified` created before the call), one before it is seen in the flag.
-        let cancel = Arc::clone(&self.shared.cancel_wake).notified_owned();
-        let fired = self.shared.cancel_fired.load(Ordering::Acquire);
-        let panicked = Arc::clone(&self.shared.panicked_work);
+        // Nothing is registered here: the task registers its waker (or sees the cancellation)
+        // under its shard's lock when its first poll returns `Pending`; see `CancelWake`.
         self.shared.tracker.spawn(Cancellable {
             fut,
-            cancel,
-            fired,
-            panicked,
+            slot: Slot {
+                wake: Arc::clone(&self.shared.cancel_wake),
+                shard: 0,
+                key: Slot::UNREGISTERED,
+            },
         })
     }
 
@@ -484,7 +423,7 @@ impl LifecycleHandle {
         let phase = self.phase();
         NamedKey {
             key: self.shared.work.add(name, phase),
-            shared: Arc::clone(&self.shared),
+            registry: Arc::clone(&self.shared.work),
         }
     }
 
@@ -539,103 +478,6 @@ impl LifecycleHandle {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A point in the stop: intake stopped, drain begun, or work cancelled. From
-    /// [`LifecycleHandle::intake_stopped`], [`draining`](LifecycleHandle::draining) and
-    /// [`cancelled`](LifecycleHandle::cancelled).
-    ///
-    /// It is a future that completes when the stop reaches its point (pass it wherever a shutdown
-    /// future goes, such as axum's `with_graceful_shutdown`); check it without waiting with
-    /// [`is_reached`](Self::is_reached), or take a [`token`](Self::token).
-    ///
-    /// ```
-    /// use lifecycle_hooks::testing;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let lifecycle = testing::builder().build().unwrap();
-    /// let handle = lifecycle.handle();
-    /// let draining = handle.draining();
-    /// assert!(!draining.is_reached());
-    /// handle.spawn({
-    ///     let draining = draining.clone();
-    ///     async move { draining.await } // finish the current unit of work, then return
-    /// });
-    /// handle.stop();
-    /// assert_eq!(lifecycle.run().await.exit_code(), 0);
-    /// assert!(draining.is_reached());
-    /// # }
-    /// ```
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it owns what it needs, and dropping it loses nothing.
-    #[derive(Debug)]
-    #[must_use = "a Milestone does nothing unless awaited or checked"]
-    pub struct Milestone {
-        token: CancellationToken,
-        #[pin]
-        wait: WaitForCancellationFutureOwned,
-    }
-}
-
-impl Milestone {
-    fn new(token: &CancellationToken) -> Self {
-        Milestone {
-            token: token.clone(),
-            wait: token.clone().cancelled_owned(),
-        }
-    }
-
-    /// Whether the stop has reached this point.
-    pub fn is_reached(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// A token cancelled at this point: a child, so cancelling it affects only itself.
-    pub fn token(&self) -> CancellationToken {
-        self.token.child_token()
-    }
-}
-
-impl Clone for Milestone {
-    fn clone(&self) -> Self {
-        Milestone::new(&self.token)
-    }
-}
-
-impl Future for Milestone {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.project().wait.poll(cx)
-    }
-}
-
-/// A configuration reload under way, from [`LifecycleHandle::reloading`]: systemd hears
-/// `READY=1` when it is [done](Self::done) or dropped.
-#[derive(Debug)]
-#[must_use = "systemd hears READY=1 when the Reload is done or dropped"]
-pub struct Reload {
-    notifier: Option<Arc<Notifier>>,
-}
-
-impl Reload {
-    /// The reload is over: tells systemd `READY=1`.
-    pub fn done(self) {}
-}
-
-impl Drop for Reload {
-    fn drop(&mut self) {
-        if let Some(notifier) = &self.notifier {
-            notifier.send("READY=1");
-        }
-    }
-}
-
 /// One in-flight work item, for as long as it lives. See [`LifecycleHandle::work_guard`].
 #[derive(Debug)]
 #[must_use = "the work counts as in flight only while the guard lives"]
@@ -644,15 +486,204 @@ pub struct WorkGuard {
     _named: Option<NamedKey>,
 }
 
+/// Shards of [`CancelWake`]: more than the worker threads of a typical runtime, so that two
+/// workers rarely share one.
+const SHARDS: usize = 8;
+
+/// Hands out shard numbers to threads, round-robin.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard: tasks first polled here register in it. Relaxed: the counter only
+    /// spreads threads over shards; every shard is correct for every thread.
+    static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+}
+
+/// The cancellation at the drain deadline, for tasks spawned by [`LifecycleHandle::spawn`].
+///
+/// A task whose first poll returns `Pending` registers its waker in the shard of the thread
+/// polling it; when its work ends (or its future is dropped) it takes the waker out again.
+/// [`fire`](Self::fire) sets the flag, then closes each shard and wakes what it held. So a task
+/// locks one shard twice in its life, a lock the other workers rarely touch (one shard per
+/// thread, round-robin), and carries one pointer and a key, not a waiter of its own.
+///
+/// # Invariants
+///
+/// 1. `fired` is set (Release) before any shard is closed; a registered task re-polled after
+///    its wake-up reads it (Acquire) and ends.
+/// 2. Registration and closing happen under the shard's lock: a task registers before its shard
+///    closes (and is woken by `fire`) or sees it closed (and ends at once). No wake-up is lost,
+///    whatever the interleaving (`tests/spawn_cancel_model.rs`).
+/// 3. A closed shard never opens again and takes no new waker, so keys are never reused after
+///    the close and a late deregistration touches nothing.
+/// 4. A waker is held only while its task's future lives: the future's drop takes it out, so a
+///    finished task is freed at once, as with a plain `tokio::spawn`.
+#[derive(Debug, Default)]
+pub(crate) struct CancelWake {
+    fired: AtomicBool,
+    /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
+    /// read (Acquire) once all work has ended or been given up.
+    panicked: AtomicUsize,
+    shards: [Padded; SHARDS],
+}
+
+/// One shard on cache lines of its own, so two workers' locks never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// Entries per chunk of a shard: the entries never move once allocated (no copy of the whole
+/// table as it grows, no old and new table live at once), and a chunk is 2 KiB.
+const CHUNK: usize = 128;
+
+/// The wakers of one shard. Locked briefly to add, take or drain; never across an await.
+#[derive(Debug, Default)]
+struct Shard {
+    closed: bool,
+    /// Registered wakers by key (chunk `key / CHUNK`, index `key % CHUNK`), and free entries,
+    /// each naming the next free one.
+    #[allow(
+        clippy::vec_box,
+        reason = "boxed so that growing the Vec moves pointers, never the entries"
+    )]
+    chunks: Vec<Box<[Entry; CHUNK]>>,
+    /// Entries handed out so far: those past it in the last chunk were never used.
+    used: usize,
+    /// The first free entry, if any.
+    free: Option<u32>,
+}
+
+impl Shard {
+    fn entry(&mut self, key: u32) -> &mut Entry {
+        let key = key as usize;
+        &mut self.chunks[key / CHUNK][key % CHUNK]
+    }
+}
+
+/// An entry of a shard: 16 bytes either way.
+#[derive(Debug)]
+enum Entry {
+    Waker(Waker),
+    Free(Option<u32>),
+}
+
+impl CancelWake {
+    /// Cancels every spawned task: each ends (its join handle yields `None`) at its next poll,
+    /// and one still waiting is woken for it. Idempotent.
+    pub(crate) fn fire(&self) {
+        // Release: a task that reads the flag (Acquire) sees everything before the cancel.
+        self.fired.store(true, Ordering::Release);
+        for shard in &self.shards {
+            let entries = {
+                let mut shard = shard.0.lock();
+                shard.closed = true;
+                shard.free = None;
+                shard.used = 0;
+                std::mem::take(&mut shard.chunks)
+            };
+            // Woken outside the lock.
+            for entry in entries.into_iter().flat_map(|chunk| *chunk) {
+                if let Entry::Waker(waker) = entry {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// How many tracked tasks panicked so far.
+    pub(crate) fn panicked(&self) -> usize {
+        // Acquire: pairs with the Release increments of tasks that panicked before they ended.
+        self.panicked.load(Ordering::Acquire)
+    }
+}
+
+/// A task's place in [`CancelWake`]: the shard and key of its waker once registered. 16 bytes,
+/// so that the task future of a small job keeps to tokio's smaller task cell.
+#[derive(Debug)]
+struct Slot {
+    wake: Arc<CancelWake>,
+    key: u32,
+    shard: u8,
+}
+
+impl Slot {
+    const UNREGISTERED: u32 = u32::MAX;
+
+    /// After a poll that returned `Pending`: whether the task is cancelled. On the first such
+    /// poll, registers `waker` unless the shard has closed. `Cancellable` is always the whole
+    /// future of its own tokio task, whose waker never changes, so one registration holds.
+    fn cancelled(&mut self, waker: &Waker) -> bool {
+        if self.key != Slot::UNREGISTERED {
+            // Acquire: see invariant 1.
+            return self.wake.fired.load(Ordering::Acquire);
+        }
+        // Shard 0 on a thread whose locals are being destroyed: any shard is correct.
+        let at = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        let mut shard = self.wake.shards[usize::from(at)].0.lock();
+        if shard.closed {
+            return true;
+        }
+        let key = match shard.free {
+            Some(key) => {
+                let entry = Entry::Waker(waker.clone());
+                let Entry::Free(next) = std::mem::replace(shard.entry(key), entry) else {
+                    unreachable!("the free list names only free entries")
+                };
+                shard.free = next;
+                key
+            }
+            None => {
+                // Each waiting task holds a task cell of at least 256 bytes: 2^32 of them in one
+                // shard cannot exist.
+                let key = u32::try_from(shard.used)
+                    .ok()
+                    .filter(|&key| key != Slot::UNREGISTERED)
+                    .expect("fewer than 2^32 - 1 tasks waiting in one shard");
+                if shard.used == shard.chunks.len() * CHUNK {
+                    let chunk = Box::new(std::array::from_fn(|_| Entry::Free(None)));
+                    shard.chunks.push(chunk);
+                }
+                shard.used += 1;
+                *shard.entry(key) = Entry::Waker(waker.clone());
+                key
+            }
+        };
+        drop(shard);
+        self.shard = at;
+        self.key = key;
+        false
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.key == Slot::UNREGISTERED {
+            return;
+        }
+        let waker = {
+            let mut shard = self.wake.shards[usize::from(self.shard)].0.lock();
+            if shard.closed {
+                None
+            } else {
+                let free = Entry::Free(shard.free.replace(self.key));
+                Some(std::mem::replace(shard.entry(self.key), free))
+            }
+        };
+        // Dropped outside the lock.
+        drop(waker);
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 16);
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
 pin_project_lite::pin_project! {
-    /// Tracked work raced against the cancel token, the work polled first.
+    /// Tracked work raced against the cancellation at the drain deadline, the work polled
+    /// first; a panic in the work is counted, then goes on to the join handle.
     struct Cancellable<F> {
         #[pin]
         fut: F,
-        #[pin]
-        cancel: tokio::sync::futures::OwnedNotified,
-        fired: bool,
-        panicked: Arc<AtomicUsize>,
+        slot: Slot,
     }
 }
 
@@ -666,19 +697,18 @@ impl<F: Future> Future for Cancellable<F> {
         let this = self.project();
         let fut = this.fut;
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(std::task::Poll::Ready(output)) => return std::task::Poll::Ready(Some(output)),
-            Ok(std::task::Poll::Pending) => {}
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Some(output)),
+            Ok(std::task::Poll::Pending) if this.slot.cancelled(cx.waker()) => {
+                std::task::Poll::Ready(None)
+            }
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
             Err(panic) => {
                 tracing::error!(target: "lifecycle_hooks", panic = %panic_message(&*panic), "tracked work panicked");
                 // Release: the runner reads the count (Acquire) after this task has ended.
-                this.panicked.fetch_add(1, Ordering::Release);
+                this.slot.wake.panicked.fetch_add(1, Ordering::Release);
                 // The join handle still sees the panic, as with a plain `tokio::spawn`.
                 std::panic::resume_unwind(panic);
             }
         }
-        if *this.fired {
-            return std::task::Poll::Ready(None);
-        }
-        this.cancel.poll(cx).map(|()| None)
     }
 }

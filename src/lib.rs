@@ -15,6 +15,7 @@ mod graph;
 mod handle;
 mod hook;
 mod lifecycle;
+mod milestone;
 mod notify;
 mod outcome;
 mod phase;
@@ -24,6 +25,7 @@ mod registry;
 mod runner;
 mod signals;
 pub mod testing;
+mod work;
 
 pub use builder::{Builder, DEFAULT_BUDGET};
 pub use deadline::Deadlines;
@@ -32,9 +34,10 @@ pub use deadline::Deadlines;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub use event::{Event, EventStream, Snapshot};
 pub use fdstore::{FdStore, ListenAddr, Listener};
-pub use handle::{LifecycleHandle, Milestone, Reload, WorkGuard};
+pub use handle::{LifecycleHandle, WorkGuard};
 pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
+pub use milestone::{Milestone, Reload};
 pub use outcome::{
     ExitCodes, HookReport, HookResult, IntoHookResult, Outcome, PhaseReport, PhaseStatus, Reason,
     WorkItem,

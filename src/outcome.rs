@@ -202,6 +202,8 @@ pub struct HookReport {
     pub result: HookResult,
     /// How long it ran (zero if skipped).
     pub elapsed: Duration,
+    /// What the hook said about its work ([`HookContext::note`](crate::HookContext::note)).
+    pub note: Option<String>,
 }
 
 /// Everything a run did: why it stopped, its exit status, and a report per phase and per hook.

@@ -1,167 +1,246 @@
 //! Exhaustive interleavings of the one piece of hand-written synchronization in the core: how
 //! `LifecycleHandle::spawn` races tracked work against the cancellation at the drain deadline.
 //!
-//! `spawn` takes a `Notified` from the cancel `Notify` first and reads the `cancel_fired` flag
-//! second; the canceller sets the flag first and calls `notify_waiters` second. tokio completes a
-//! `Notified` created before a `notify_waiters` call on its next poll, registered or not. The
-//! model explores every interleaving of the two sides and finds no lost wake-up; the same model
-//! with the spawn side's two steps swapped must deadlock, which shows the check has teeth. A
-//! second test runs the real code with spawns racing a real cancellation on two threads.
+//! A spawned task whose first poll returns `Pending` takes its shard's lock and, unless the shard
+//! is closed, registers its waker there (if closed, it ends at once); on later polls it reads the
+//! `fired` flag. The canceller sets `fired` first, then closes each shard under its lock and
+//! wakes the wakers it held. The model explores every interleaving of two tasks (on one shard or
+//! on two) and the canceller and finds no lost wake-up; two broken variants must deadlock, which
+//! shows the check has teeth: checking `closed` outside the lock before registering, and setting
+//! the flag after closing the shards. The last tests run the real code with spawns racing a real
+//! cancellation on separate OS threads of a multi-thread runtime.
 
 #[allow(dead_code)]
 #[path = "../adapters/kafka/tests/interleavings/mod.rs"]
 mod interleavings;
 
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use interleavings::{Model, explore};
 use lifecycle_hooks::testing;
 
-/// Where the spawned task is in its life.
+/// Which protocol the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Variant {
+    /// The real one.
+    Real,
+    /// Broken: the task reads `closed` without the lock, then registers in a second step.
+    CheckOutsideTheLock,
+    /// Broken: the canceller closes the shards (waking their tasks) before it sets the flag.
+    FlagAfterClosing,
+}
+
+/// Where a spawned task is in its life. Its work never finishes; only the cancellation ends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Task {
-    /// About to take its `Notified` (epoch) or read the flag, by `order`.
-    Start,
-    /// Took one of the two; about to take the other.
-    Half,
-    /// Ready to be polled.
+    /// About to be polled for the first time (the work returns `Pending`).
     Spawned,
-    /// Polled, pending, registered as a waiter.
+    /// `CheckOutsideTheLock` only: saw its shard open, about to register.
+    SawOpen,
+    /// Pending; runs again only when woken.
     Waiting,
-    /// Ended as cancelled.
+    /// Ended as cancelled: its join handle yields `None`.
     Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SpawnRace {
-    /// The real order (`Notified` first) or the broken one (flag first).
-    notified_first: bool,
-    task: Task,
-    /// The `notify_waiters` call count the task's `Notified` saw when created.
-    epoch: Option<u32>,
-    /// What the task read from the flag.
-    fired_seen: Option<bool>,
-    /// Canceller: 0 = about to set the flag, 1 = about to notify, 2 = done.
-    canceller: u8,
-    flag: bool,
-    notify_calls: u32,
-    /// Whether a `notify_waiters` woke the registered waiter.
-    woken: bool,
+    variant: Variant,
+    tasks: Vec<Task>,
+    /// The shard each task registers in (the shard of the thread that first polls it).
+    shard_of: Vec<usize>,
+    /// Whether each task's waker is in its shard.
+    registered: Vec<bool>,
+    /// Whether each task was woken and not yet polled since.
+    woken: Vec<bool>,
+    closed: Vec<bool>,
+    fired: bool,
+    /// The canceller's next step: 0 ..= shards (set the flag, close each shard), in the
+    /// variant's order.
+    canceller: usize,
 }
 
 impl SpawnRace {
-    fn new(notified_first: bool) -> Self {
+    fn new(variant: Variant, shard_of: Vec<usize>) -> Self {
+        let shards = shard_of.iter().max().map_or(0, |s| s + 1);
+        let n = shard_of.len();
         SpawnRace {
-            notified_first,
-            task: Task::Start,
-            epoch: None,
-            fired_seen: None,
+            variant,
+            tasks: vec![Task::Spawned; n],
+            shard_of,
+            registered: vec![false; n],
+            woken: vec![false; n],
+            closed: vec![false; shards],
+            fired: false,
             canceller: 0,
-            flag: false,
-            notify_calls: 0,
-            woken: false,
         }
     }
 
-    fn take_notified(&mut self) {
-        self.epoch = Some(self.notify_calls);
+    fn shards(&self) -> usize {
+        self.closed.len()
     }
 
-    fn read_flag(&mut self) {
-        self.fired_seen = Some(self.flag);
+    fn close(&mut self, shard: usize) {
+        self.closed[shard] = true;
+        for t in 0..self.tasks.len() {
+            if self.shard_of[t] == shard && self.registered[t] {
+                self.registered[t] = false;
+                self.woken[t] = true;
+            }
+        }
+    }
+
+    fn register(&mut self, t: usize) {
+        self.registered[t] = true;
+        self.tasks[t] = Task::Waiting;
     }
 }
 
 impl Model for SpawnRace {
     fn threads(&self) -> usize {
-        2
+        self.tasks.len() + 1
     }
 
     fn done(&self, t: usize) -> bool {
-        match t {
-            0 => self.task == Task::Cancelled,
-            _ => self.canceller == 2,
+        if t < self.tasks.len() {
+            self.tasks[t] == Task::Cancelled
+        } else {
+            self.canceller > self.shards()
         }
     }
 
     fn can_step(&self, t: usize) -> bool {
-        match t {
-            0 => self.task != Task::Waiting || self.woken,
-            _ => true,
-        }
+        t == self.tasks.len() || self.tasks[t] != Task::Waiting || self.woken[t]
     }
 
     fn step(&mut self, t: usize) {
-        if t == 1 {
-            match self.canceller {
-                0 => self.flag = true,
-                _ => {
-                    self.notify_calls += 1;
-                    if self.task == Task::Waiting {
-                        self.woken = true;
-                    }
-                }
+        if t == self.tasks.len() {
+            let flag_step = match self.variant {
+                Variant::FlagAfterClosing => self.shards(),
+                _ => 0,
+            };
+            if self.canceller == flag_step {
+                self.fired = true;
+            } else {
+                let shard = match self.variant {
+                    Variant::FlagAfterClosing => self.canceller,
+                    _ => self.canceller - 1,
+                };
+                self.close(shard);
             }
             self.canceller += 1;
             return;
         }
-        self.task = match self.task {
-            Task::Start => {
-                if self.notified_first {
-                    self.take_notified()
+        let shard = self.shard_of[t];
+        self.tasks[t] = match (self.tasks[t], self.variant) {
+            // The first `Pending`: under the shard's lock, register or see it closed.
+            (Task::Spawned, Variant::Real | Variant::FlagAfterClosing) => {
+                if self.closed[shard] {
+                    Task::Cancelled
                 } else {
-                    self.read_flag()
+                    self.register(t);
+                    Task::Waiting
                 }
-                Task::Half
             }
-            Task::Half => {
-                if self.notified_first {
-                    self.read_flag()
+            (Task::Spawned, Variant::CheckOutsideTheLock) => {
+                if self.closed[shard] {
+                    Task::Cancelled
                 } else {
-                    self.take_notified()
+                    Task::SawOpen
                 }
-                Task::Spawned
             }
-            // The first poll: the work never finishes; the flag seen at spawn, or a
-            // `notify_waiters` since the `Notified` was taken, ends it; otherwise it waits.
-            Task::Spawned => {
-                if self.fired_seen == Some(true) || Some(self.notify_calls) != self.epoch {
+            (Task::SawOpen, _) => {
+                self.register(t);
+                Task::Waiting
+            }
+            // Woken: the work is polled first (still pending), then the flag is read.
+            (Task::Waiting, _) => {
+                self.woken[t] = false;
+                if self.fired {
                     Task::Cancelled
                 } else {
                     Task::Waiting
                 }
             }
-            Task::Waiting => Task::Cancelled,
-            Task::Cancelled => Task::Cancelled,
+            (Task::Cancelled, _) => Task::Cancelled,
         };
+    }
+}
+
+/// Every task's waker sits only in a shard that is still open: a waker in a closed shard would
+/// never be woken.
+fn no_waker_in_a_closed_shard(m: &SpawnRace) -> Result<(), String> {
+    for t in 0..m.tasks.len() {
+        if m.registered[t] && m.closed[m.shard_of[t]] {
+            return Err(format!(
+                "task {t} registered in closed shard {}",
+                m.shard_of[t]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn all_cancelled(m: &SpawnRace) -> Result<(), String> {
+    if m.tasks.iter().all(|t| *t == Task::Cancelled) && m.fired {
+        Ok(())
+    } else {
+        Err("a task did not end".into())
     }
 }
 
 #[test]
 fn spawn_never_misses_the_cancellation_in_any_interleaving() {
-    let explored =
-        explore(SpawnRace::new(true), |_| Ok(()), |_| Ok(())).unwrap_or_else(|e| panic!("{e}"));
-    assert!(explored.finals >= 1 && explored.states > 10, "{explored:?}");
+    for shards in [vec![0, 0], vec![0, 1], vec![1, 0]] {
+        let explored = explore(
+            SpawnRace::new(Variant::Real, shards.clone()),
+            no_waker_in_a_closed_shard,
+            all_cancelled,
+        )
+        .unwrap_or_else(|e| panic!("{shards:?}: {e}"));
+        assert!(explored.finals >= 1 && explored.states > 10, "{explored:?}");
+    }
 }
 
 #[test]
-fn reading_the_flag_before_taking_the_notified_would_lose_the_wake_up() {
-    let err = explore(SpawnRace::new(false), |_| Ok(()), |_| Ok(())).unwrap_err();
+fn checking_the_shard_outside_its_lock_would_lose_the_wake_up() {
+    let err = explore(
+        SpawnRace::new(Variant::CheckOutsideTheLock, vec![0, 1]),
+        |_| Ok(()),
+        all_cancelled,
+    )
+    .unwrap_err();
     assert!(err.contains("deadlock"), "{err}");
 }
 
 #[test]
-fn real_spawns_racing_a_real_cancellation_all_end() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn setting_the_flag_after_closing_the_shards_would_lose_the_wake_up() {
+    let err = explore(
+        SpawnRace::new(Variant::FlagAfterClosing, vec![0, 1]),
+        |_| Ok(()),
+        all_cancelled,
+    )
+    .unwrap_err();
+    assert!(err.contains("deadlock"), "{err}");
+}
+
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn real_spawns_racing_a_real_cancellation_all_end() {
+    let runtime = two_workers();
     runtime.block_on(async {
         for _ in 0..200 {
             let lifecycle = testing::builder().build().unwrap();
             let handle = lifecycle.handle();
-            // One thread spawns while another cancels (dropping an unrun lifecycle cancels).
+            // One task spawns while another cancels (dropping an unrun lifecycle cancels).
             let spawner = tokio::spawn({
                 let handle = handle.clone();
                 async move {
@@ -179,4 +258,59 @@ fn real_spawns_racing_a_real_cancellation_all_end() {
             }
         }
     });
+}
+
+/// The race on plain OS threads: one thread spawns (its tasks' first polls run on the two
+/// workers, registering in their shards) while another, released by the same barrier, cancels
+/// by dropping the unrun lifecycle. The spawner goes on until it has seen the cancellation and
+/// spawned 100 more, so every round covers spawns before, during and after it. Every task must
+/// end with `None`.
+#[test]
+fn spawns_on_one_os_thread_racing_a_cancel_on_another_all_end() {
+    let runtime = two_workers();
+    let mut rounds_with_spawns_before = 0;
+    for _ in 0..300 {
+        let lifecycle = testing::builder().build().unwrap();
+        let handle = lifecycle.handle();
+        let start = Arc::new(Barrier::new(2));
+        let spawner = std::thread::spawn({
+            let start = Arc::clone(&start);
+            let rt = runtime.handle().clone();
+            move || {
+                let _in_runtime = rt.enter();
+                start.wait();
+                let (mut joins, mut before, mut after) = (Vec::new(), 0, 0);
+                while after < 100 {
+                    joins.push(handle.spawn(std::future::pending::<()>()));
+                    if handle.cancelled().is_reached() {
+                        after += 1;
+                    } else {
+                        before += 1;
+                        assert!(before < 1_000_000, "the cancellation never came");
+                    }
+                }
+                (joins, before)
+            }
+        });
+        let canceller = std::thread::spawn(move || {
+            start.wait();
+            drop(lifecycle);
+        });
+        canceller.join().unwrap();
+        let (joins, before) = spawner.join().unwrap();
+        runtime.block_on(async {
+            for join in joins {
+                // A bound for failure only: each ends as soon as it sees the cancellation.
+                let ended = tokio::time::timeout(Duration::from_secs(30), join).await;
+                assert_eq!(ended.expect("no lost wake-up").unwrap(), None);
+            }
+        });
+        if before > 0 {
+            rounds_with_spawns_before += 1;
+        }
+    }
+    assert!(
+        rounds_with_spawns_before > 0,
+        "no round spawned before the cancellation: the race was never run"
+    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each bench binary uses only part of this module")]
 
+pub(crate) mod harness;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -78,7 +78,7 @@ impl Runner<'_> {
                 }
                 _ => Skip::No,
             };
-            let results: Vec<(HookResult, Duration)> = if skip != Skip::No {
+            let results: Vec<(HookResult, Duration, Option<String>)> = if skip != Skip::No {
                 if skip == Skip::OutOfBudget {
                     for hook in batch {
                         let what = format!(
@@ -91,7 +91,7 @@ impl Runner<'_> {
                 }
                 batch
                     .iter()
-                    .map(|_| (HookResult::Skipped, Duration::ZERO))
+                    .map(|_| (HookResult::Skipped, Duration::ZERO, None))
                     .collect()
             } else {
                 let deadlines = control.deadlines;
@@ -101,7 +101,7 @@ impl Runner<'_> {
                         .as_ref()
                         .is_some_and(|startup| !self.started.contains(startup));
                     if unstarted {
-                        Either::Left(async { (HookResult::Skipped, Duration::ZERO) })
+                        Either::Left(async { (HookResult::Skipped, Duration::ZERO, None) })
                     } else {
                         Either::Right(self.run_hook(&planned.phase, hook, bound, deadlines))
                     }
@@ -114,7 +114,7 @@ impl Runner<'_> {
                     join_all(runs).await
                 }
             };
-            for (offset, (hook, (result, elapsed))) in batch.iter().zip(results).enumerate() {
+            for (offset, (hook, (result, elapsed, note))) in batch.iter().zip(results).enumerate() {
                 if index < self.plan.running {
                     if result == HookResult::Ok {
                         self.started.insert(hook.name.clone());
@@ -122,7 +122,14 @@ impl Runner<'_> {
                         self.startup_failed = true;
                     }
                 }
-                self.record(first + at + offset, &planned.phase, hook, result, elapsed);
+                self.record(
+                    first + at + offset,
+                    &planned.phase,
+                    hook,
+                    result,
+                    elapsed,
+                    note,
+                );
             }
             at = end;
         }
@@ -134,7 +141,7 @@ impl Runner<'_> {
         hook: &PlannedHook,
         bound: Bound,
         deadlines: Option<Deadlines>,
-    ) -> impl Future<Output = (HookResult, Duration)> + use<> {
+    ) -> impl Future<Output = (HookResult, Duration, Option<String>)> + use<> {
         let start = Instant::now();
         let own_deadline = hook.timeout.map(|t| after(start, t));
         let bound_deadline = deadlines.map(|d| match bound {
@@ -150,7 +157,9 @@ impl Runner<'_> {
             name: hook.name.clone(),
             deadline,
             handle: self.handle.clone(),
+            note: Default::default(),
         };
+        let note = std::sync::Arc::clone(&ctx.note);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| hook.hook.run(ctx)));
         let interrupted = interrupted_by(self.shared, bound, deadlines);
         async move {
@@ -167,7 +176,8 @@ impl Runner<'_> {
                     result = interrupted => result,
                 },
             };
-            (result, start.elapsed())
+            let note = note.lock().take();
+            (result, start.elapsed(), note)
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Building the report of a run: one [`HookReport`] per hook, one [`PhaseReport`] per phase,
 //! and the [`Outcome`].
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,6 +27,7 @@ impl Runner<'_> {
                 hook,
                 HookResult::Skipped,
                 Duration::ZERO,
+                None,
             );
         }
         self.phases[index] = Some(PhaseReport {
@@ -44,8 +44,12 @@ impl Runner<'_> {
         hook: &PlannedHook,
         result: HookResult,
         elapsed: Duration,
+        note: Option<String>,
     ) {
         let elapsed_ms = elapsed.as_millis() as u64;
+        if let Some(note) = &note {
+            tracing::info!(target: "lifecycle_hooks", %phase, hook = %hook.name, note = %note, "hook note");
+        }
         match &result {
             HookResult::Ok | HookResult::Skipped => {
                 tracing::info!(target: "lifecycle_hooks", %phase, hook = %hook.name, result = result.as_str(), elapsed_ms, "hook")
@@ -78,6 +82,7 @@ impl Runner<'_> {
             name: hook.name.to_string(),
             result,
             elapsed,
+            note,
         });
     }
 
@@ -117,6 +122,7 @@ impl Runner<'_> {
                         name: hook.name.to_string(),
                         result: HookResult::Skipped,
                         elapsed: Duration::ZERO,
+                        note: None,
                     });
                 }
                 global += 1;
@@ -124,8 +130,7 @@ impl Runner<'_> {
         }
         let control = self.control();
         let reason = control.reason.unwrap_or(Reason::Failure);
-        // Acquire: pairs with the Release increments of tasks that panicked before they ended.
-        let panicked_work = shared.panicked_work.load(Ordering::Acquire);
+        let panicked_work = shared.cancel_wake.panicked();
         let failed = self.hooks.iter().any(|h| h.result.is_failure())
             || !shared.failures.lock().is_empty()
             || !shared.lost.lock().is_empty()
@@ -150,7 +155,8 @@ impl Runner<'_> {
             "lifecycle finished"
         );
         crate::fdstore::release_stored(
-            self.handle,
+            shared.config.notifier.as_ref(),
+            &shared.stored,
             reason == Reason::Restart && immediate.is_none(),
         );
         shared.events.emit(Event::Finished { reason, exit_code });

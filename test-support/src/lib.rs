@@ -1,6 +1,6 @@
 //! Harnesses the workspace's tests share, so no test reaches into another crate's `tests/` by
-//! `#[path]`: [`process`] runs an example binary and sends it real signals, [`redis`] starts a
-//! throwaway `redis-server`, [`kafka`] starts a broker (librdkafka's mock cluster or `tansu`).
+//! `#[path]`: `process` runs an example binary and sends it real signals, `redis` starts a
+//! throwaway `redis-server`, `kafka` starts a broker (librdkafka's mock cluster or `tansu`).
 //! Not published.
 
 // A harness for this workspace's tests, never published: its items are documented where the

@@ -26,7 +26,7 @@ use futures::task::AtomicWaker;
 use http::{Method, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use lifecycle_hooks::BoxError;
+use lifecycle_hooks::{BoxError, WorkGuard};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -111,6 +111,10 @@ pub(crate) struct ConnShared {
     idle_since: AtomicU64,
     /// Set (relaxed, a hint) once a request arrived over HTTP/2, whose GOAWAY is safe at once.
     http2: AtomicBool,
+    /// Held from the halt through the keep-alive grace: the request the client may be sending
+    /// is work before it arrives, so the `wait` phase cannot end between the halt and that
+    /// request (which would then begin after the wait and force the exit).
+    grace_guard: Mutex<Option<WorkGuard>>,
 }
 
 impl fmt::Debug for ConnShared {
@@ -137,6 +141,7 @@ impl ConnShared {
             waker: AtomicWaker::new(),
             idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            grace_guard: Mutex::new(None),
         }
         .idle_now()
     }
@@ -221,8 +226,13 @@ impl ConnShared {
         drop(connections);
     }
 
-    /// Wakes the serving task to look at the server's halt flag (set before this call).
-    pub(crate) fn wake(&self) {
+    /// At the halt: holds a work guard through the keep-alive grace if the connection is in
+    /// it, then wakes the serving task to look at the server's halt flag (set before this
+    /// call).
+    pub(crate) fn halt(&self) {
+        if self.idle_close_at().is_some() {
+            *self.grace_guard.lock() = Some(self.server.handle().work_guard());
+        }
         self.waker.wake();
     }
 
@@ -452,6 +462,8 @@ pub(crate) async fn serve_connection<I, S, B>(
                 () = tokio::time::sleep_until(at) => {}
             }
         }
+        // The grace is over (or a request is running, and is work itself).
+        drop(conn.grace_guard.lock().take());
         if !conn.has_begun() {
             // Nothing at all, or half a request head, and no request by the end of the grace:
             // not work, and hyper would wait for the rest of the head (it has no timer here).
@@ -467,6 +479,7 @@ pub(crate) async fn serve_connection<I, S, B>(
             Signal::Halted => unreachable!("the halt is not watched again"),
         }
     };
+    drop(conn.grace_guard.lock().take());
     match served {
         None => tracing::debug!(server = %conn.server.name, peer = %conn.peer, "connection cut"),
         Some(Ok(())) => {}

@@ -6,8 +6,9 @@
 //!    then it is dropped (closed, never `shutdown()`, so a socket systemd keeps stays usable).
 //! 2. Every request is one lifecycle work item from the moment its head is handed to the service
 //!    until its response body has ended (or, for a protocol switch, until the upgraded stream is
-//!    dropped); connections themselves are not work, so an idle or half-sent connection never
-//!    holds the `wait` phase.
+//!    dropped); connections themselves are not work, so an idle or half-sent connection holds
+//!    the `wait` phase at most through the keep-alive grace after the halt (the request its
+//!    client may be sending is counted before it arrives).
 //! 3. `NAME:close` (exit) cuts every connection still open; the requests it cuts are counted,
 //!    named and reported to the lifecycle before it returns.
 
@@ -66,8 +67,9 @@ pub fn serve<L, S>(listener: L, service: S) -> HttpServerBuilder<L, S> {
 ///
 /// A request counts as in-flight work from the moment its head reaches the service until its
 /// response body has been sent, so the `wait` phase waits for requests, including streamed
-/// responses, but not for idle connections or for a client that has sent half a request line:
-/// a request that has not started is not work. A WebSocket (any protocol switch) is work until
+/// responses, but not for idle connections or for a client that has sent half a request line
+/// (beyond the short keep-alive grace, see [`HttpServerBuilder::keep_alive_grace`]): a request
+/// that has not started is not work. A WebSocket (any protocol switch) is work until
 /// the upgraded stream is dropped. Handlers reach the drain through the [`Draining`](crate::Draining)
 /// extension: a server-sent-events stream ends when it completes, a WebSocket closes with code
 /// 1001. At the drain deadline the lifecycle cancels work ([`Draining::cancelled`](crate::Draining::cancelled));
@@ -189,7 +191,9 @@ impl<L, S> HttpServerBuilder<L, S> {
     /// client is already sending on it to arrive and be answered with `Connection: close`,
     /// instead of failing under a close it could not see coming (HTTP/1 has no GOAWAY, and
     /// hyper's client retries only requests it never sent). Connections idle for longer close
-    /// at once. It never holds the `wait` phase: an idle connection is not work.
+    /// at once. A connection in its grace holds the `wait` phase until the grace ends or its
+    /// next request arrives (which is work itself), so that request cannot begin after the
+    /// wait has ended; the stop is delayed by at most the grace.
     pub fn keep_alive_grace(mut self, grace: Duration) -> Self {
         self.keep_alive_grace = grace;
         self
@@ -340,8 +344,9 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Cancelled once the accept loop has dropped the listener.
     listener_closed: CancellationToken,
-    /// Set (Release) once the halt fired, by the stop hook or the accept loop: read (Acquire)
-    /// for every response, where the halt token's own check would take its lock.
+    /// Set (Release) once the halt fired and the listener is dropped (by the accept loop, or the
+    /// exit hook): read (Acquire) for every response, where the halt token's own check would
+    /// take its lock.
     halted: AtomicBool,
 }
 
@@ -379,10 +384,13 @@ impl Shared {
 
     /// Sets the halt flag, then wakes every connection's task to see it.
     fn set_halted(&self) {
-        // Release: a task woken below (or polled later) reads the flag with Acquire.
-        self.halted.store(true, Ordering::Release);
+        // Release: a task woken below (or polled later) reads the flag with Acquire. Once only:
+        // the grace guards are taken at the first halt.
+        if self.halted.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for conn in self.connections.lock().values() {
-            conn.wake();
+            conn.halt();
         }
     }
 
@@ -441,7 +449,6 @@ impl Inner {
         let Some(bound) = self.shared.bound.get() else {
             return;
         };
-        self.shared.set_halted();
         bound.halt.cancel();
         // Returns once new connections are refused, so the phases after it can rely on that.
         self.shared.listener_closed.cancelled().await;
@@ -499,6 +506,11 @@ impl Inner {
             );
         }
         let c = shared.counters();
+        // In the Outcome: `outcome.hook("http:close").note`.
+        ctx.note(format!(
+            "requests completed={} cut={} aborted={}",
+            c.completed, c.cut, c.aborted
+        ));
         tracing::info!(
             server = %shared.name,
             connections = c.connections,
@@ -555,8 +567,11 @@ where
             .tasks
             .spawn(serve_connection(builder.clone(), io, conn, service));
     }
-    shared.set_halted();
+    // The listener first: once a response says `Connection: close`, the client's next
+    // connection must be refused, not left in the accept backlog to be reset when the listener
+    // is dropped.
     drop(listener);
+    shared.set_halted();
     shared.listener_closed.cancel();
     tracing::debug!(server = %shared.name, "listener dropped");
 }

@@ -85,6 +85,7 @@ where
         let guard = RequestGuard::begin(&self.conn, &request);
         let server = &self.conn.server;
         let http1 = request.version() < Version::HTTP_2;
+        let head = request.method() == http::Method::HEAD;
         if server
             .readiness_route
             .as_deref()
@@ -95,6 +96,7 @@ where
                 ready: Some(readiness(server.handle().is_ready())),
                 guard: Some(guard),
                 http1,
+                head,
                 body: PhantomData,
             };
         }
@@ -106,6 +108,7 @@ where
             ready: None,
             guard: Some(guard),
             http1,
+            head,
             body: PhantomData,
         }
     }
@@ -138,6 +141,8 @@ pin_project_lite::pin_project! {
         ready: Option<Response<Full<Bytes>>>,
         guard: Option<RequestGuard>,
         http1: bool,
+        // hyper never polls the body of a response to HEAD.
+        head: bool,
         body: PhantomData<fn() -> B>,
     }
 }
@@ -172,7 +177,7 @@ where
             .guard
             .take()
             .expect("a ResponseFuture polled after it completed");
-        Poll::Ready(Ok(finish(guard, *this.http1, response)))
+        Poll::Ready(Ok(finish(guard, *this.http1, *this.head, response)))
     }
 }
 
@@ -180,6 +185,7 @@ where
 fn finish<B>(
     guard: RequestGuard,
     http1: bool,
+    head: bool,
     mut response: Response<Either<B, Full<Bytes>>>,
 ) -> Response<ResponseBody<B>>
 where
@@ -203,6 +209,11 @@ where
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if head {
+        // Only the head is sent: the request completes with it.
+        guard.complete();
+        return response.map(|body| ResponseBody::new(body, None));
     }
     response.map(|body| ResponseBody::new(body, Some(guard)))
 }

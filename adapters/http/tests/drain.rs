@@ -189,6 +189,15 @@ async fn an_idle_keep_alive_client_does_not_delay_the_stop() {
         (response.status(), body.as_str()),
         (StatusCode::OK, "hello\n")
     );
+    // A HEAD request: hyper sends no body, and the request completes with the head.
+    idle.sender.ready().await.unwrap();
+    let head = Request::head("/")
+        .header(http::header::HOST, "127.0.0.1")
+        .body(Empty::new())
+        .unwrap();
+    let response = idle.sender.send_request(head).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
     assert_eq!(
         running.handle.in_flight(),
         0,
@@ -216,10 +225,10 @@ async fn an_idle_keep_alive_client_does_not_delay_the_stop() {
         (
             counters.requests,
             counters.completed,
-            counters.cut,
+            counters.aborted,
             counters.in_flight
         ),
-        (1, 1, 0, 0)
+        (2, 2, 0, 0)
     );
 }
 
@@ -398,6 +407,12 @@ async fn handlers_that_ignore_the_drain_are_cut_counted_and_named() {
             counters.in_flight
         ),
         (2, 0, 2, 0)
+    );
+    // The Outcome says so too: cut versus completed, in the close hook's report.
+    assert_eq!(
+        outcome.hook("http:close").unwrap().note.as_deref(),
+        Some("requests completed=0 cut=2 aborted=0"),
+        "{outcome:?}"
     );
     // Both clients see their connection end without a (complete) answer.
     timeout(PATIENCE, stuck)

@@ -96,7 +96,7 @@ async fn events(draining: Draining) -> Sse<impl Stream<Item = Result<SseEvent, I
         let event = SseEvent::default().data(format!("tick {n}"));
         Some((Ok(event), (every, n + 1)))
     });
-    Sse::new(ticks.take_until(draining.draining()))
+    Sse::new(ticks.take_until(draining.draining().into_future()))
 }
 
 /// A WebSocket echo: text and binary messages come back as they are. When the service drains it
@@ -107,7 +107,7 @@ async fn ws(upgrade: WebSocketUpgrade, draining: Draining) -> Response {
 }
 
 async fn echo(mut socket: WebSocket, draining: Draining) {
-    let mut drain = std::pin::pin!(draining.draining());
+    let mut drain = std::pin::pin!(draining.draining().into_future());
     loop {
         let message = tokio::select! {
             biased;
@@ -134,7 +134,7 @@ async fn echo(mut socket: WebSocket, draining: Draining) {
     }
     // The closing handshake: read until the client's close frame (or the end), bounded by the
     // drain deadline.
-    let mut cancelled = std::pin::pin!(draining.cancelled());
+    let mut cancelled = std::pin::pin!(draining.cancelled().into_future());
     loop {
         tokio::select! {
             biased;

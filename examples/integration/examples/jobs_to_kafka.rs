@@ -375,7 +375,7 @@ async fn publish(
 
 /// Keeps the in-memory queue full until intake stops.
 async fn generate_jobs(source: MemorySource, handle: LifecycleHandle) {
-    let mut stopped = std::pin::pin!(handle.intake_stopped());
+    let mut stopped = std::pin::pin!(handle.intake_stopped().into_future());
     for n in 0u64.. {
         let job = Job::new(format!("gen-{n}"), "");
         tokio::select! {
