@@ -1089,7 +1089,7 @@ fn a_socket_unit_hands_axum_its_named_listener_and_a_wrong_one_is_refused() {
         "web.service",
         "03_axum",
         &["--port", port_arg.as_str()],
-        "",
+        "RestartSec=0",
     );
     sandbox.systemctl(&["start", "web.socket"]);
     assert_eq!(sandbox.property("web.service", "ActiveState"), "inactive");
@@ -1103,6 +1103,19 @@ fn a_socket_unit_hands_axum_its_named_listener_and_a_wrong_one_is_refused() {
         journal.contains("listener inherited from the service manager name=\"http\" fd=3"),
         "{journal}"
     );
+    // USR2 restarts of the socket-activated service: the socket unit's descriptor and the copy
+    // the service stored both come back as `http`; the service keeps one, quietly, and the
+    // store keeps its one copy.
+    for restart in 1..=2 {
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "web.service"]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        out.expect(|l| l.starts_with("ready "));
+        assert_eq!(get_ready(addr), Ok(200), "restart {restart}");
+        let stored = sandbox.property("web.service", "NFileDescriptorStore");
+        assert_eq!(stored, "1", "restart {restart}");
+    }
+    let journal = sandbox.journal("web.service");
+    assert!(!journal.contains("nobody claimed"), "{journal}");
     sandbox.systemctl(&["stop", "web.service"]);
     assert_eq!(ended(&mut out), account("success", "exited", "0"));
     eprintln!("socket activation: the connection that started 03_axum answered after {answered:?}");
