@@ -13,6 +13,9 @@
 //! 4. Inherited descriptors nobody claimed by the time the service is ready are closed, and
 //!    removed from the store, each named in a warning.
 //! 5. Without a notify socket (no systemd) a listener is simply bound anew and nothing is stored.
+//! 6. A claim also closes the other inherited descriptors of its name that are the same open
+//!    socket (a `.socket` unit's descriptor and the stored copy of it, after a restart), without
+//!    removing anything from the store.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -197,11 +200,34 @@ fn adopt((fd, name): (RawFd, String)) -> Option<Inherited> {
 
 /// Takes the inherited descriptor named `name`, if there is one not yet claimed.
 fn claim(name: &str) -> Option<(RawFd, OwnedFd)> {
-    let mut inherited = inherited().lock();
+    claim_from(&mut inherited().lock(), name)
+}
+
+/// Takes the first unclaimed descriptor named `name` from `inherited`, and closes the others of
+/// that name that are the same open socket or file: a `.socket` unit's descriptor comes back
+/// beside the copy this service stored after a restart, and only one is needed (the store
+/// keeps its copy; storing the listener again adds none).
+fn claim_from(inherited: &mut [Inherited], name: &str) -> Option<(RawFd, OwnedFd)> {
     let slot = inherited
         .iter_mut()
         .find(|i| i.name == name && i.owned.is_some())?;
-    Some((slot.fd, slot.owned.take()?))
+    let (fd, owned) = (slot.fd, slot.owned.take()?);
+    if let Some(same) = file_identity(&owned) {
+        for other in inherited.iter_mut().filter(|i| i.name == name) {
+            if other.owned.as_ref().and_then(file_identity) == Some(same) {
+                tracing::debug!(target: "lifecycle_hooks", name, fd = other.fd, kept = fd, "closed a second descriptor of the same socket");
+                other.owned = None;
+            }
+        }
+    }
+    Some((fd, owned))
+}
+
+/// The device and inode of the file behind `fd`.
+fn file_identity(fd: &OwnedFd) -> Option<(u64, u64)> {
+    let stat = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+    #[allow(clippy::unnecessary_cast)] // their widths differ between targets
+    Some((stat.st_dev as u64, stat.st_ino as u64))
 }
 
 fn check_name(name: &str) -> Result<(), ListenError> {
@@ -532,6 +558,35 @@ mod tests {
             [(3, "http".to_owned()), (4, "unknown".to_owned())]
         );
         assert!(parse_listen_env(Some("42"), Some("-3"), None, 42).is_empty());
+    }
+
+    #[test]
+    fn a_second_descriptor_of_the_same_socket_is_closed_when_the_first_is_claimed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dup = OwnedFd::from(listener.try_clone().unwrap());
+        let other = OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap());
+        let state = OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap());
+        let entry = |name: &str, owned: OwnedFd| Inherited {
+            name: name.to_owned(),
+            fd: owned.as_raw_fd(),
+            owned: Some(owned),
+        };
+        let first = OwnedFd::from(listener);
+        let first_fd = first.as_raw_fd();
+        let mut inherited = vec![
+            entry("http", first),
+            entry("http", dup),
+            entry("http", other),
+            entry("state-x", state),
+        ];
+        let (fd, _owned) = claim_from(&mut inherited, "http").unwrap();
+        assert_eq!(fd, first_fd);
+        // The duplicate is gone (closed), another socket of that name and other names stay.
+        let left: Vec<bool> = inherited.iter().map(|i| i.owned.is_some()).collect();
+        assert_eq!(left, [false, false, true, true]);
+        let (second, _) = claim_from(&mut inherited, "http").unwrap();
+        assert_eq!(second, inherited[2].fd);
+        assert!(claim_from(&mut inherited, "http").is_none());
     }
 
     #[test]

@@ -33,6 +33,7 @@
 use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -43,8 +44,9 @@ use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::get;
 use futures::stream::{self, Stream, StreamExt};
-use lifecycle_hooks::{Event, Lifecycle, Outcome};
+use lifecycle_hooks::{BoxError, Event, HookContext, Lifecycle, Outcome};
 use lifecycle_hooks_http::{Draining, HttpServer};
+use tokio::sync::oneshot;
 
 /// Prints one line and flushes it, so a reader sees it at once.
 fn say(line: std::fmt::Arguments<'_>) {
@@ -145,6 +147,49 @@ async fn echo(mut socket: WebSocket, draining: Draining) {
     }
 }
 
+/// The server's listener, handed over by the `listen` startup hook once it has one: accepting
+/// waits for it (forever, if startup failed without one: the stop then halts the server).
+struct HandedListener {
+    rx: Option<oneshot::Receiver<tokio::net::TcpListener>>,
+    tcp: Option<tokio::net::TcpListener>,
+}
+
+impl HandedListener {
+    fn new() -> (Self, oneshot::Sender<tokio::net::TcpListener>) {
+        let (tx, rx) = oneshot::channel();
+        let listener = HandedListener {
+            rx: Some(rx),
+            tcp: None,
+        };
+        (listener, tx)
+    }
+}
+
+impl axum::serve::Listener for HandedListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        if let Some(rx) = self.rx.take() {
+            match rx.await {
+                Ok(tcp) => self.tcp = Some(tcp),
+                Err(_) => std::future::pending().await,
+            }
+        }
+        match self.tcp.as_mut() {
+            Some(tcp) => axum::serve::Listener::accept(tcp).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.tcp {
+            Some(tcp) => tcp.local_addr(),
+            None => Err(std::io::Error::other("not listening yet")),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Outcome {
     tracing_subscriber::fmt()
@@ -160,13 +205,11 @@ async fn main() -> Outcome {
     let propagation = Duration::from_millis(flag(&args, "--propagation-ms", 0));
     let budget = Duration::from_millis(flag(&args, "--shutdown-timeout-ms", 25_000));
 
-    // Bind before the lifecycle starts, so `ready` can name the address the kernel picked.
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .unwrap_or_else(|error| panic!("cannot listen on 127.0.0.1:{port}: {error}"));
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
+    // The listener named `http` comes from systemd's fd store (kept across a USR2 restart, so
+    // no connection is refused meanwhile) or a `.socket` unit, else it is bound here; it needs
+    // the lifecycle's handle, so the `listen` startup hook makes it and hands it to the server.
+    let (listener, handed) = HandedListener::new();
+    let bound = Arc::new(OnceLock::new());
 
     let app = Router::new()
         .route("/work", get(work))
@@ -183,10 +226,28 @@ async fn main() -> Outcome {
     let lifecycle = Lifecycle::builder()
         .budget(budget)
         .propagation_delay(propagation)
+        .on_startup("listen", {
+            let (handed, bound) = (Mutex::new(Some(handed)), Arc::clone(&bound));
+            move |ctx: HookContext| {
+                let (handed, bound) = (handed.lock().unwrap().take(), Arc::clone(&bound));
+                async move {
+                    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                    let listener = ctx.handle().fd_store().listener("http", addr)?;
+                    let listener = listener.into_tokio_tcp()?;
+                    let _ = bound.set(listener.local_addr()?);
+                    let _ = handed.ok_or("listen runs once")?.send(listener);
+                    Ok::<(), BoxError>(())
+                }
+            }
+        })
         .hooks(server.hooks())
         .observe(move |event| match event {
             Event::PhaseStarted { phase } => say(format_args!("phase {phase}")),
-            Event::Ready => say(format_args!("ready pid={} addr={addr}", std::process::id())),
+            Event::Ready => say(format_args!(
+                "ready pid={} addr={}",
+                std::process::id(),
+                bound.get().expect("listening once ready")
+            )),
             _ => {}
         })
         .build()

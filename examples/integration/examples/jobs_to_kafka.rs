@@ -18,15 +18,20 @@
 //! `--http-port N` (serve `/ready` for a Kubernetes readiness probe), `--connect-timeout-ms N`
 //! (5000: startup checks that a broker answers within it before the service reports ready; 0
 //! turns the check off).
+//!
+//! With `--redis` under systemd (`FileDescriptorStoreMax=` in the unit), the Redis source's
+//! process identity is kept in systemd's fd store, so a restarted process (after `USR2`, or a
+//! kill) takes back its predecessor's processing list at once instead of after the lease.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use lifecycle_hooks::{Event, Lifecycle, LifecycleHandle, Outcome, Phase};
-use lifecycle_hooks_jobs::{Job, JobContext, JobPool, JobSource, MemorySource, RedisSource};
+use lifecycle_hooks_jobs::errors::{RedisSourceError, RequeueError};
+use lifecycle_hooks_jobs::{Job, JobContext, JobPool, JobSource, MemorySource, RedisSource, Retry};
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
 use lifecycle_hooks_kafka::{Producer, SendError};
 
@@ -140,22 +145,111 @@ async fn main() -> Result<Outcome, BoxError> {
     match &options.redis {
         Some(url) => {
             let client = redis::Client::open(url.as_str())?;
-            let source = RedisSource::builder(client, options.queue.clone())
-                .connect()
-                .await?;
-            let jobs: Vec<Job> = (0..options.enqueue)
-                .map(|i| Job::new(format!("job-{i}"), ""))
-                .collect();
-            source.enqueue_all(&jobs).await?;
-            Ok(serve(source, None, producer, &options).await)
+            if options.enqueue > 0 {
+                let producer = RedisSource::builder(client.clone(), options.queue.clone())
+                    .connect()
+                    .await?;
+                let jobs: Vec<Job> = (0..options.enqueue)
+                    .map(|i| Job::new(format!("job-{i}"), ""))
+                    .collect();
+                producer.enqueue_all(&jobs).await?;
+            }
+            let source = KeptIdentity {
+                client,
+                queue: options.queue.clone(),
+                handle: Arc::new(OnceLock::new()),
+                source: OnceLock::new(),
+            };
+            let handle = Arc::clone(&source.handle);
+            Ok(serve(source, None, Some(handle), producer, &options).await)
         }
         None => {
             let source = MemorySource::new(options.concurrency * 4);
             for i in 0..options.enqueue {
                 source.push(Job::new(format!("job-{i}"), "")).await?;
             }
-            Ok(serve(source.clone(), Some(source), producer, &options).await)
+            Ok(serve(source.clone(), Some(source), None, producer, &options).await)
         }
+    }
+}
+
+/// The name of the Redis source's process identity in systemd's fd store.
+const REDIS_IDENTITY: &str = "redis-process-id";
+
+/// The Redis source, with a process identity that survives restarts under systemd: connected
+/// when the pool starts it, under the id the process before the restart kept in systemd's fd
+/// store (so its processing list comes back to the queue at once, instead of after its lease
+/// expires), else a new one. The id is stored as soon as it is known, not in an exit hook: a
+/// process that is killed, and runs no exit hook, leaves the most in its processing list. A final
+/// stop removes it from the store (the lifecycle does), so an unrelated start takes a new id.
+///
+/// # Invariants
+///
+/// 1. `source` is set once, by `start`, which the pool calls before any other method.
+/// 2. `handle` is set before the lifecycle runs, so before `start`.
+struct KeptIdentity {
+    client: redis::Client,
+    queue: String,
+    handle: Arc<OnceLock<LifecycleHandle>>,
+    source: OnceLock<RedisSource>,
+}
+
+impl KeptIdentity {
+    fn source(&self) -> &RedisSource {
+        self.source
+            .get()
+            .expect("the pool starts its source before any other call")
+    }
+}
+
+impl JobSource for KeptIdentity {
+    type Error = RedisSourceError;
+
+    async fn start(&self) -> Result<Vec<Job>, RedisSourceError> {
+        let store = self
+            .handle
+            .get()
+            .expect("the handle is set before the lifecycle runs")
+            .fd_store();
+        let restored = store
+            .restored_state(REDIS_IDENTITY)
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let mut builder = RedisSource::builder(self.client.clone(), self.queue.clone());
+        if let Some(id) = &restored {
+            builder = builder.process_id(id.clone());
+        }
+        let source = builder.connect().await?;
+        let id = source.process_id().to_owned();
+        tracing::info!(target: "jobs_to_kafka", process_id = id, restored = restored.is_some(), "redis source identity");
+        if let Err(error) = store.store_state(REDIS_IDENTITY, id.as_bytes()) {
+            tracing::warn!(target: "jobs_to_kafka", %error, "cannot keep the redis source identity for a restart");
+        }
+        if self.source.set(source).is_err() {
+            panic!("the pool starts its source once");
+        }
+        // Recovers this id's processing list (left by the process before the restart) at once,
+        // then those of processes whose lease expired.
+        self.source().start().await
+    }
+
+    async fn fetch(&self) -> Result<Option<Job>, RedisSourceError> {
+        self.source().fetch().await
+    }
+
+    async fn ack(&self, job: &Job) -> Result<(), RedisSourceError> {
+        self.source().ack(job).await
+    }
+
+    async fn requeue(&self, jobs: Vec<Job>) -> Result<(), RequeueError<RedisSourceError>> {
+        self.source().requeue(jobs).await
+    }
+
+    async fn fail(&self, job: &Job, retry: Retry) -> Result<(), RedisSourceError> {
+        self.source().fail(job, retry).await
+    }
+
+    async fn close(&self) -> Result<Vec<Job>, RedisSourceError> {
+        self.source().close().await
     }
 }
 
@@ -163,6 +257,7 @@ async fn main() -> Result<Outcome, BoxError> {
 async fn serve<S: JobSource>(
     source: S,
     generate: Option<MemorySource>,
+    kept_identity: Option<Arc<OnceLock<LifecycleHandle>>>,
     producer: Producer,
     options: &Options,
 ) -> Outcome {
@@ -201,6 +296,9 @@ async fn serve<S: JobSource>(
         .build()
         .expect("a valid lifecycle graph");
     let handle = lifecycle.handle();
+    if let Some(kept) = kept_identity {
+        let _ = kept.set(handle.clone());
+    }
     if let Some(source) = generate {
         tokio::spawn(generate_jobs(source, handle.clone()));
     }

@@ -270,6 +270,15 @@ fn systemd_unit_maps_the_exit_statuses_and_waits_for_the_whole_budget() {
 
     assert_eq!(one("Type"), "notify", "READY=1 marks startup done");
     assert_eq!(one("NotifyAccess"), "main");
+    // The fd store keeps stored listeners across the exit-4 restart (docs/operations.md); 0 or
+    // no line would make systemd ignore FDSTORE=1.
+    let store: u32 = one("FileDescriptorStoreMax")
+        .parse()
+        .expect("FileDescriptorStoreMax= is a number");
+    assert!(
+        (1..=16).contains(&store),
+        "FileDescriptorStoreMax={store}: a few descriptors"
+    );
     assert_eq!(one("Restart"), "on-failure");
     assert_eq!(codes("RestartForceExitStatus"), [policy.restart]);
     assert_eq!(codes("SuccessExitStatus"), [policy.restart]);

@@ -294,9 +294,10 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
         timeout,
     );
     // The same run without the notify socket: no EXTEND_TIMEOUT_USEC (and no READY=1, so
-    // Type=exec; WatchdogSec=0 too, as a watchdog makes systemd turn NotifyAccess=none into
-    // main and pass the socket anyway).
-    let no_notify = format!("{timeout}\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    // Type=exec; WatchdogSec=0 and FileDescriptorStoreMax=0 too, as a watchdog or an fd store
+    // makes systemd turn NotifyAccess=none into main and pass the socket anyway).
+    let no_notify =
+        format!("{timeout}\nType=exec\nNotifyAccess=none\nWatchdogSec=0\nFileDescriptorStoreMax=0");
     let mut plain_out = install(
         &sandbox,
         "plain.service",
@@ -316,7 +317,10 @@ fn extend_timeout_carries_a_drain_past_timeout_stop_sec() {
         "--shutdown-timeout-ms",
         budget_arg.as_str(),
     ];
-    let scaled = format!("TimeoutStopSec={stop_ms}ms\nType=exec\nNotifyAccess=none\nWatchdogSec=0");
+    let scaled = format!(
+        "TimeoutStopSec={stop_ms}ms\nType=exec\nNotifyAccess=none\nWatchdogSec=0\n\
+         FileDescriptorStoreMax=0"
+    );
     let mut forced_out = install(
         &sandbox,
         "budget.service",
@@ -693,12 +697,15 @@ fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let port_arg = port.to_string();
+    // The baseline: without the fd store (the shipped unit has one since the zero-gap restart,
+    // `axum_keeps_its_listener_in_the_fd_store_through_usr2_restarts`), so the listener closes
+    // with the old process and opens with the new one.
     let mut out = install(
         &sandbox,
         "axum.service",
         "03_axum",
         &["--port", port_arg.as_str()],
-        "",
+        "FileDescriptorStoreMax=0",
     );
     let mut journal = sandbox.follow_journal("axum.service");
     sandbox.systemctl(&["start", "axum.service"]);
@@ -758,7 +765,7 @@ fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
         _ => Duration::ZERO,
     };
     eprintln!(
-        "03_axum under systemd, USR2 with RestartSec=2s: {} requests after the signal, {} failed \
+        "03_axum under systemd, no fd store, USR2 with RestartSec=2s: {} requests after the signal, {} failed \
          over {gap:?} ({kinds:?}); NRestarts={}",
         after.len(),
         failed.len(),
@@ -766,7 +773,7 @@ fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
     );
     assert_eq!(sandbox.property("axum.service", "NRestarts"), "1");
     // The figure above is the baseline the zero-gap restart (the listener kept in systemd's fd
-    // store) must bring to 0; what holds already: every request either got its answer or was
+    // store) brings to 0; what holds without it too: every request either got its answer or was
     // refused while nothing listened (no reset, no timeout: a connection accepted is answered).
     assert!(
         failed
@@ -774,4 +781,567 @@ fn axum_requests_during_a_usr2_restart_the_baseline_gap() {
             .all(|(_, r)| matches!(r, Err(std::io::ErrorKind::ConnectionRefused) | Ok(503))),
         "{kinds:?}"
     );
+}
+
+/// How one request of a client loop went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// `200 ready`.
+    Ready,
+    /// `503 stopping`: answered by a process whose stop had begun (a complete answer).
+    Stopping,
+    Refused,
+    Reset,
+    /// Anything else: a timeout, a bad or missing response.
+    Failed,
+}
+
+/// One `GET /ready` on a new connection, classified.
+fn classify(addr: SocketAddr) -> Reply {
+    match get_ready(addr) {
+        Ok(200) => Reply::Ready,
+        Ok(503) => Reply::Stopping,
+        Err(std::io::ErrorKind::ConnectionRefused) => Reply::Refused,
+        Err(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => Reply::Reset,
+        _ => Reply::Failed,
+    }
+}
+
+/// What the client loops saw over a run of `USR2` restarts.
+struct RollReport {
+    requests: usize,
+    counts: BTreeMap<String, usize>,
+    /// The slowest request begun while a restart was under way (signal to the next `ready`).
+    worst_in_restart: Duration,
+    /// The slowest request of the whole run.
+    worst: Duration,
+    /// Every restart's `stop-post` line of the store (`NFileDescriptorStore` as the old process
+    /// ended), then the final stop's.
+    stored_at_restart: Vec<String>,
+    stored_at_stop: String,
+    /// systemd's account of the final stop.
+    final_stop: (String, String, String),
+    /// Open descriptors of the first and the last process, each idle after `ready`.
+    fds_first: usize,
+    fds_last: usize,
+    took: Duration,
+}
+
+impl RollReport {
+    fn count(&self, reply: Reply) -> usize {
+        self.counts.get(&format!("{reply:?}")).copied().unwrap_or(0)
+    }
+}
+
+/// Open descriptors of `pid` in the sandbox, counted once they are no more than `at_most`
+/// (connections the clients just closed may take a moment to be closed by the server too), or
+/// the last count seen within `PATIENCE`.
+fn open_fds(sandbox: &Sandbox, pid: &str, at_most: usize) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let listing = sandbox.exec(&["ls", &format!("/proc/{pid}/fd")]);
+        assert!(listing.status.success(), "{listing:?}");
+        let count = String::from_utf8_lossy(&listing.stdout).lines().count();
+        if count <= at_most || Instant::now() > deadline {
+            return count;
+        }
+    }
+}
+
+/// `03_axum` as a notify unit named `unit` on `port`, `extra` drop-in lines: 4 client loops send
+/// `GET /ready` on a new connection each (one every 5 ms per loop) through `restarts` `USR2`
+/// restarts, then a final `systemctl stop`.
+fn axum_rolling_restarts(
+    sandbox: &Sandbox,
+    unit: &str,
+    restarts: usize,
+    extra: &str,
+) -> RollReport {
+    const LOOPS: usize = 4;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port_arg = port.to_string();
+    // A second ExecStopPost (run as root, `+`) records how many descriptors systemd holds for
+    // the unit as each run ends, before a stop releases the store.
+    let extra = format!(
+        "RestartSec=0\n{extra}\nExecStopPost=+/bin/sh -c 'echo stop-post-store \
+         n=$$(systemctl show -p NFileDescriptorStore --value %n)'\n\
+         [Unit]\nStartLimitIntervalSec=0\n"
+    );
+    let mut out = install(
+        sandbox,
+        unit,
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        &extra,
+    );
+    sandbox.systemctl(&["start", unit]);
+    let first_pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+    assert_eq!(get_ready(addr), Ok(200));
+    let fds_first = open_fds(sandbox, &first_pid, usize::MAX);
+
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel::<()>();
+    let clients: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            let warm_tx = warm_tx.clone();
+            std::thread::spawn(move || {
+                let mut results: Vec<(Instant, Duration, Reply)> = Vec::new();
+                // Bounded: the run ends with the restarts, or at this many requests.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && results.len() < 40_000 {
+                    let at = Instant::now();
+                    let reply = classify(addr);
+                    results.push((at, at.elapsed(), reply));
+                    if results.len() == 10 {
+                        let _ = warm_tx.send(());
+                    }
+                    // Pacing of the load, not a synchronization.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                results
+            })
+        })
+        .collect();
+    for _ in 0..LOOPS {
+        warm_rx
+            .recv_timeout(PATIENCE)
+            .expect("the client loops started");
+    }
+    let mut windows = Vec::new();
+    let mut stored_at_restart = Vec::new();
+    let mut last_pid = first_pid.clone();
+    for _ in 0..restarts {
+        let signalled = Instant::now();
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", unit]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        stored_at_restart.push(out.expect(|l| l.starts_with("stop-post-store ")));
+        let pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+        assert_ne!(pid, last_pid);
+        last_pid = pid;
+        windows.push((signalled, Instant::now()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|client| client.join().unwrap())
+        .collect();
+    let took = started.elapsed();
+    let n_restarts = sandbox.property(unit, "NRestarts");
+    assert_eq!(n_restarts, restarts.to_string(), "NRestarts");
+    let fds_last = open_fds(sandbox, &last_pid, fds_first);
+    sandbox.systemctl(&["stop", unit]);
+    let final_stop = ended(&mut out);
+    let stored_at_stop = out.expect(|l| l.starts_with("stop-post-store "));
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, reply) in &results {
+        *counts.entry(format!("{reply:?}")).or_insert(0) += 1;
+    }
+    let in_restart = |at: &Instant| windows.iter().any(|(from, to)| at >= from && at <= to);
+    let worst_in_restart = results
+        .iter()
+        .filter(|(at, _, _)| in_restart(at))
+        .map(|(_, took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    let worst = results
+        .iter()
+        .map(|(_, took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    RollReport {
+        requests: results.len(),
+        counts,
+        worst_in_restart,
+        worst,
+        stored_at_restart,
+        stored_at_stop,
+        final_stop,
+        fds_first,
+        fds_last,
+        took,
+    }
+}
+
+#[test]
+fn axum_keeps_its_listener_in_the_fd_store_through_usr2_restarts() {
+    let Some(sandbox) = Sandbox::start("zerogap") else {
+        return;
+    };
+    // The shipped unit stores up to FileDescriptorStoreMax descriptors: 03_axum stores `http`.
+    assert!(
+        shipped_unit()
+            .lines()
+            .any(|l| l.starts_with("FileDescriptorStoreMax=")),
+        "the shipped unit keeps a store"
+    );
+    const RESTARTS: usize = 50;
+    let store = axum_rolling_restarts(&sandbox, "zerogap.service", RESTARTS, "");
+    eprintln!(
+        "03_axum, fd store, {RESTARTS} USR2 restarts in {:?}: {} requests {:?}; worst latency \
+         during a restart {:?} (whole run {:?}); open fds first {} last {}; store at each \
+         restart {:?}, at the final stop {:?}",
+        store.took,
+        store.requests,
+        store.counts,
+        store.worst_in_restart,
+        store.worst,
+        store.fds_first,
+        store.fds_last,
+        store.stored_at_restart.iter().collect::<BTreeSet<_>>(),
+        store.stored_at_stop
+    );
+    // The control: the same run with the store turned off, fewer restarts.
+    const CONTROL_RESTARTS: usize = 5;
+    let control = axum_rolling_restarts(
+        &sandbox,
+        "nostore.service",
+        CONTROL_RESTARTS,
+        "FileDescriptorStoreMax=0",
+    );
+    eprintln!(
+        "03_axum, no fd store, {CONTROL_RESTARTS} USR2 restarts in {:?}: {} requests {:?}; worst \
+         latency during a restart {:?}; store at each restart {:?}",
+        control.took,
+        control.requests,
+        control.counts,
+        control.worst_in_restart,
+        control.stored_at_restart.iter().collect::<BTreeSet<_>>()
+    );
+
+    assert_eq!(store.count(Reply::Refused), 0, "{:?}", store.counts);
+    assert_eq!(store.count(Reply::Reset), 0, "{:?}", store.counts);
+    assert_eq!(store.count(Reply::Failed), 0, "{:?}", store.counts);
+    assert!(
+        store.count(Reply::Ready) > RESTARTS * 10,
+        "{:?}",
+        store.counts
+    );
+    // systemd held the one listener at every restart (sent again by each process: one copy),
+    // and nothing at the final stop: the service removed it (FDSTOREREMOVE=1) before exiting.
+    assert!(
+        store
+            .stored_at_restart
+            .iter()
+            .all(|l| l == "stop-post-store n=1"),
+        "{:?}",
+        store.stored_at_restart
+    );
+    assert_eq!(store.stored_at_stop, "stop-post-store n=0");
+    assert_eq!(store.final_stop, account("success", "exited", "0"));
+    // No descriptor leaks from one process to the next (the last one inherited its listener).
+    assert_eq!(store.fds_last, store.fds_first, "open descriptors");
+
+    // Without the store the same restarts refuse connections: the test can fail.
+    assert!(control.count(Reply::Refused) > 0, "{:?}", control.counts);
+    assert!(
+        control
+            .stored_at_restart
+            .iter()
+            .all(|l| l == "stop-post-store n=0"),
+        "{:?}",
+        control.stored_at_restart
+    );
+    // And the store's count at the final stop can show what was left: a process killed outside
+    // the lifecycle (KillSignal=SIGKILL) never removes its listener, and systemd still holds it
+    // when ExecStopPost runs.
+    let killed = axum_rolling_restarts(&sandbox, "killed.service", 0, "KillSignal=SIGKILL");
+    eprintln!(
+        "03_axum, fd store, SIGKILLed by the stop: store at the final stop {:?}",
+        killed.stored_at_stop
+    );
+    assert_eq!(killed.final_stop.2, "KILL", "{:?}", killed.final_stop);
+    assert_eq!(killed.stored_at_stop, "stop-post-store n=1");
+}
+
+#[test]
+fn a_socket_unit_hands_axum_its_named_listener_and_a_wrong_one_is_refused() {
+    let Some(sandbox) = Sandbox::start("socket") else {
+        return;
+    };
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    };
+    let socket_unit = |listen: &str| {
+        format!("[Unit]\nDefaultDependencies=no\n[Socket]\n{listen}\nFileDescriptorName=http\n")
+    };
+
+    // A stream socket named `http`: systemd listens, the first connection starts the service,
+    // which takes the socket (LISTEN_FDNAMES=http) and answers that connection.
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port_arg = port.to_string();
+    sandbox.install(
+        "web.socket",
+        &socket_unit(&format!("ListenStream=127.0.0.1:{port}")),
+        "",
+    );
+    let mut out = install(
+        &sandbox,
+        "web.service",
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        "RestartSec=0",
+    );
+    sandbox.systemctl(&["start", "web.socket"]);
+    assert_eq!(sandbox.property("web.service", "ActiveState"), "inactive");
+    let started = Instant::now();
+    assert_eq!(get_ready(addr), Ok(200), "the first connection is answered");
+    let answered = started.elapsed();
+    let pid = ready_pid(&out.expect(|l| l.starts_with("ready ")));
+    assert_eq!(sandbox.property("web.service", "MainPID"), pid);
+    let journal = sandbox.journal("web.service");
+    assert!(
+        journal.contains("listener inherited from the service manager name=\"http\" fd=3"),
+        "{journal}"
+    );
+    // USR2 restarts of the socket-activated service: the socket unit's descriptor and the copy
+    // the service stored both come back as `http`; the service keeps one, quietly, and the
+    // store keeps its one copy.
+    for restart in 1..=2 {
+        sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", "web.service"]);
+        assert_eq!(ended(&mut out), account("success", "exited", "4"));
+        out.expect(|l| l.starts_with("ready "));
+        assert_eq!(get_ready(addr), Ok(200), "restart {restart}");
+        let stored = sandbox.property("web.service", "NFileDescriptorStore");
+        assert_eq!(stored, "1", "restart {restart}");
+    }
+    let journal = sandbox.journal("web.service");
+    assert!(!journal.contains("nobody claimed"), "{journal}");
+    sandbox.systemctl(&["stop", "web.service"]);
+    assert_eq!(ended(&mut out), account("success", "exited", "0"));
+    eprintln!("socket activation: the connection that started 03_axum answered after {answered:?}");
+
+    // A datagram socket under the same name: startup fails (status 1) with an error naming the
+    // descriptor and what is wrong with it.
+    let port = free_port();
+    let port_arg = port.to_string();
+    sandbox.install(
+        "bad.socket",
+        &socket_unit(&format!("ListenDatagram=127.0.0.1:{port}")),
+        "",
+    );
+    let mut bad_out = install(
+        &sandbox,
+        "bad.service",
+        "03_axum",
+        &["--port", port_arg.as_str()],
+        "Restart=no",
+    );
+    sandbox.systemctl(&["start", "bad.socket"]);
+    let start = sandbox.systemctl_status(&["start", "bad.service"]);
+    assert!(!start.status.success(), "{start:?}");
+    assert_eq!(ended(&mut bad_out), account("exit-code", "exited", "1"));
+    let journal = sandbox.journal("bad.service");
+    let error = journal
+        .lines()
+        .find(|l| l.contains("inherited file descriptor 3 named `http`"))
+        .unwrap_or_else(|| panic!("no error naming the descriptor:\n{journal}"));
+    assert!(error.contains("not a stream socket"), "{error}");
+    eprintln!("wrong socket: {error}");
+}
+
+/// `LLEN key` on the test's Redis.
+fn llen(redis: &redis::Client, key: &str) -> usize {
+    let mut conn = redis.get_connection().unwrap();
+    redis::cmd("LLEN").arg(key).query(&mut conn).unwrap()
+}
+
+/// Reads `LLEN key` until `done` holds, within `PATIENCE`; returns the last value.
+fn llen_until(redis: &redis::Client, key: &str, done: impl Fn(usize) -> bool) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let n = llen(redis, key);
+        if done(n) || Instant::now() > deadline {
+            return n;
+        }
+    }
+}
+
+/// The `process_id=...` of the demo's `redis source identity` log line, and its `restored=`.
+fn identity(line: &str) -> (String, String) {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    (field("process_id"), field("restored"))
+}
+
+/// One run of the demo on `queue` under `unit`: 12 jobs of 1 s, 4 at a time. The first process
+/// is restarted by `USR2` while 4 jobs run (it finishes them); the second is SIGKILLed while its
+/// first 4 jobs run (no exit hook, no hand-back), and systemd restarts it.
+struct KilledRun {
+    /// The `(process_id, restored)` of each of the three processes.
+    ids: Vec<(String, String)>,
+    /// How long after the kill the third process reported recovered jobs, if it did.
+    recovered_after: Option<Duration>,
+    /// Jobs left in the killed process's processing list once the queue was empty.
+    left_in_killed_list: usize,
+    /// The summaries of the first and the third run (the killed one printed none).
+    summaries: Vec<HashMap<String, String>>,
+}
+
+impl KilledRun {
+    fn sum(&self, key: &str) -> u64 {
+        self.summaries
+            .iter()
+            .map(|s| s[key].parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+fn redis_source_killed_and_restarted(
+    sandbox: &Sandbox,
+    redis: &lifecycle_hooks_test_support::redis::RedisServer,
+    unit: &str,
+    queue: &str,
+    extra: &str,
+) -> KilledRun {
+    const JOBS: usize = 12;
+    let client = redis.client();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let source = lifecycle_hooks_jobs::RedisSource::builder(client.clone(), queue)
+            .connect()
+            .await
+            .unwrap();
+        let jobs: Vec<_> = (0..JOBS)
+            .map(|i| lifecycle_hooks_jobs::Job::new(format!("job-{i}"), ""))
+            .collect();
+        source.enqueue_all(&jobs).await.unwrap();
+    });
+    let url = redis.url();
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--queue",
+        queue,
+        "--job-ms",
+        "1000",
+        "--concurrency",
+        "4",
+    ];
+    // The demo's and the pool's info lines too: the identity, the recovered jobs.
+    let extra = format!(
+        "RestartSec=0\nEnvironment=RUST_LOG=lifecycle_hooks=info,lifecycle_hooks_jobs=info,\
+         jobs_to_kafka=info\n{extra}\n[Unit]\nStartLimitIntervalSec=0\n"
+    );
+    let mut out = install(sandbox, unit, "jobs_to_kafka", &args, &extra);
+    let mut journal = sandbox.follow_journal(unit);
+    let processing = |id: &str| format!("lhj:{{{queue}}}:processing:{id}");
+    let mut ids = Vec::new();
+    let mut summaries = Vec::new();
+    sandbox.systemctl(&["start", unit]);
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    // 1. USR2 while 4 jobs run: they finish, the process exits 4 and is started again.
+    assert_eq!(llen_until(&client, &processing(&ids[0].0), |n| n == 4), 4);
+    sandbox.systemctl(&["kill", "-s", "USR2", "--kill-whom=main", unit]);
+    summaries.push(fields(&out.expect(|l| l.starts_with("summary "))));
+    assert_eq!(ended(&mut out), account("success", "exited", "4"));
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    // 2. SIGKILL while 4 jobs run: they stay in the processing list.
+    let killed_list = processing(&ids[1].0);
+    assert_eq!(llen_until(&client, &killed_list, |n| n == 4), 4);
+    sandbox.systemctl(&["kill", "-s", "KILL", "--kill-whom=main", unit]);
+    let killed = Instant::now();
+    assert_eq!(ended(&mut out), account("signal", "killed", "KILL"));
+    out.expect(|l| l.starts_with("ready "));
+    ids.push(identity(
+        &journal.expect(|l| l.contains("redis source identity")),
+    ));
+    let recovered_after = journal
+        .first_within(Duration::from_secs(1), |l| {
+            l.contains("recovered jobs a stopped process left unfinished")
+        })
+        .map(|_| killed.elapsed());
+    let queued = format!("lhj:{{{queue}}}:queue");
+    assert_eq!(
+        llen_until(&client, &queued, |n| n == 0),
+        0,
+        "queue worked off"
+    );
+    // The third process's own list empties as its last jobs end.
+    assert_eq!(llen_until(&client, &processing(&ids[2].0), |n| n == 0), 0);
+    let left_in_killed_list = llen(&client, &killed_list);
+    sandbox.systemctl(&["stop", unit]);
+    summaries.push(fields(&out.expect(|l| l.starts_with("summary "))));
+    assert_eq!(llen(&client, &format!("lhj:{{{queue}}}:dead")), 0);
+    KilledRun {
+        ids,
+        recovered_after,
+        left_in_killed_list,
+        summaries,
+    }
+}
+
+#[test]
+fn a_restarted_redis_worker_keeps_its_identity_and_gets_its_jobs_back_at_once() {
+    let Some(sandbox) = Sandbox::start("identity") else {
+        return;
+    };
+    let redis = lifecycle_hooks_test_support::redis::RedisServer::start();
+    let kept = redis_source_killed_and_restarted(&sandbox, &redis, "kept.service", "kept", "");
+    eprintln!(
+        "redis identity kept in the fd store: {:?}; recovered {:?} after the kill (lease 30 s); \
+         left in the killed list {}; completed {} (runs 1 and 3), lost {}",
+        kept.ids,
+        kept.recovered_after,
+        kept.left_in_killed_list,
+        kept.sum("jobs_completed"),
+        kept.sum("jobs_lost")
+    );
+    // The control: no fd store, so each restarted process takes a new identity.
+    let control = redis_source_killed_and_restarted(
+        &sandbox,
+        &redis,
+        "fresh.service",
+        "fresh",
+        "FileDescriptorStoreMax=0",
+    );
+    eprintln!(
+        "redis identity without the store: {:?}; recovered {:?}; left in the killed list {}; \
+         completed {}",
+        control.ids,
+        control.recovered_after,
+        control.left_in_killed_list,
+        control.sum("jobs_completed")
+    );
+
+    let first = &kept.ids[0].0;
+    assert_eq!(kept.ids[0].1, "false");
+    for (id, restored) in &kept.ids[1..] {
+        assert_eq!((id, restored.as_str()), (first, "true"), "{:?}", kept.ids);
+    }
+    let after = kept
+        .recovered_after
+        .expect("the 4 killed jobs were recovered");
+    assert!(after < Duration::from_secs(10), "{after:?}, lease 30 s");
+    assert_eq!(kept.left_in_killed_list, 0);
+    // Nothing lost: every job completed once, in the first or the third run (the 4 the killed
+    // run held were recovered and run by the third).
+    assert_eq!(kept.sum("jobs_completed"), 12, "{:?}", kept.summaries);
+    assert_eq!(kept.sum("jobs_failed") + kept.sum("jobs_lost"), 0);
+
+    let fresh: BTreeSet<_> = control.ids.iter().map(|(id, _)| id).collect();
+    assert_eq!(fresh.len(), 3, "{:?}", control.ids);
+    assert!(control.ids.iter().all(|(_, restored)| restored == "false"));
+    assert_eq!(control.recovered_after, None);
+    assert_eq!(control.left_in_killed_list, 4, "waiting for the lease");
+    assert_eq!(control.sum("jobs_completed"), 8, "{:?}", control.summaries);
 }
