@@ -14,6 +14,7 @@ mod delivery;
 pub mod errors;
 mod producer;
 mod state;
+mod sync;
 
 pub use cluster::MockCluster;
 pub use consumer::{
