@@ -25,7 +25,7 @@ use crate::connection::ConnShared;
 /// async fn events(draining: Draining) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
 ///     let ticks = stream::iter(0..).map(|n| Ok(Event::default().data(format!("tick {n}"))));
 ///     // The stream ends, and the response with it, when the service starts draining.
-///     Sse::new(ticks.take_until(draining.draining()))
+///     Sse::new(ticks.take_until(draining.draining().into_future()))
 /// }
 /// # let _ = axum::Router::<()>::new().route("/events", axum::routing::get(events));
 /// ```
