@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use lifecycle_hooks::LifecycleHandle;
 use rdkafka::Message;
@@ -152,6 +153,11 @@ impl Consumer {
     }
 }
 
+/// How long the poll thread waits for a full partition's buffer to come down before it
+/// pauses the partition instead: long enough that a fast handler never causes a pause, short
+/// enough that rebalance callbacks (served by the same thread) wait at most this much more.
+const BACKPRESSURE_BLOCK: Duration = Duration::from_millis(500);
+
 /// A message taken for a slot: its partition, the partition's generation, the message.
 struct Job {
     key: Key,
@@ -195,8 +201,7 @@ impl Inner {
                     continue;
                 }
                 part.queue.push_back(message);
-                if part.queue.len() >= shared.buffer && !part.backpressure {
-                    part.backpressure = true;
+                if part.queue.len() >= shared.buffer && !full.contains(key) {
                     full.push(key.clone());
                 }
                 if part.in_flight.is_none() && !part.ready {
@@ -210,15 +215,66 @@ impl Inner {
         while let Some(job) = self.next_job(&mut state, &mut resume) {
             jobs.push(job);
         }
-        // Paused and resumed under the lock, so a pause and the resume that ends it cannot
-        // reach librdkafka in the wrong order (invariant 5: these calls only queue an op).
-        self.pause(&full);
         if !resume.is_empty() {
             self.resume(&resume);
         }
         drop(state);
         for job in jobs {
             self.spawn_slot(lifecycle, job);
+        }
+        self.wait_room(&full);
+    }
+
+    /// Backpressure, on the poll thread: while one of the `full` partitions still buffers more
+    /// than half of [`buffer`](ConsumerBuilder::buffer), the thread stops taking messages
+    /// (librdkafka keeps what it prefetched), at most [`BACKPRESSURE_BLOCK`]; the partitions
+    /// still full then are paused, so a slow handler does not keep the thread from serving the
+    /// group's callbacks (a pause makes librdkafka drop its prefetch and fetch it again).
+    fn wait_room(&self, full: &[Key]) {
+        if full.is_empty() {
+            return;
+        }
+        let shared = &*self.shared;
+        let low = shared.buffer / 2;
+        let deadline = Instant::now() + BACKPRESSURE_BLOCK;
+        let mut state = shared.lock();
+        loop {
+            if !shared.open() {
+                return;
+            }
+            let over = |state: &State, key: &Key| {
+                state
+                    .parts
+                    .get(key)
+                    .is_some_and(|p| p.assigned && p.queue.len() > low)
+            };
+            if !full.iter().any(|key| over(&state, key)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let mut pause = Vec::new();
+                for key in full {
+                    if over(&state, key) {
+                        if let Some(part) = state.parts.get_mut(key) {
+                            if !part.backpressure {
+                                part.backpressure = true;
+                                pause.push(key.clone());
+                            }
+                        }
+                    }
+                }
+                // Paused and resumed under the lock, so a pause and the resume that ends it
+                // cannot reach librdkafka in the wrong order (invariant 5: these calls only
+                // queue an op).
+                self.pause(&pause);
+                return;
+            }
+            state = shared
+                .room
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
     }
 
@@ -238,6 +294,10 @@ impl Inner {
                 continue;
             };
             part.in_flight = Some(message.offset());
+            if part.queue.len() == self.shared.buffer / 2 {
+                // The poll thread may wait for this partition's buffer to come down to here.
+                self.shared.room.notify_one();
+            }
             if part.queue.is_empty() && part.backpressure {
                 part.backpressure = false;
                 if part.assigned {
@@ -418,6 +478,8 @@ impl Inner {
         }
         self.pause(&assigned);
         drop(state);
+        // The poll thread, if it waits for room, goes back to polling.
+        self.shared.room.notify_one();
     }
 }
 

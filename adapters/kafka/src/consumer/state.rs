@@ -15,7 +15,8 @@
 //! 4. No message is started once intake has stopped or the consumer is closing; the messages
 //!    buffered then are dropped uncounted (never started, never committed: redelivered).
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
-//!    while waiting on the broker); the revocation wait releases it through the `Condvar`.
+//!    while waiting on the broker); the revocation wait and the poll thread's backpressure
+//!    wait release it through their `Condvar`s.
 //!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
 //!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
 //!    `stop_intake` pause.
@@ -63,7 +64,8 @@ pub(crate) struct Part {
     pub(crate) in_flight: Option<i64>,
     /// Fetched, not started.
     pub(crate) queue: VecDeque<OwnedMessage>,
-    /// Paused because `queue` is full (not because intake stopped).
+    /// Paused because `queue` stayed full longer than the poll thread waits for room (not
+    /// because intake stopped).
     pub(crate) backpressure: bool,
     /// Offsets stored (ended) and not yet covered by a commit, ascending.
     pub(crate) uncommitted: VecDeque<i64>,
@@ -86,6 +88,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Notified (with the lock released) when a message ends: revocation waits on it.
     pub(crate) ended: Condvar,
+    /// Notified (with the lock held or released) when a partition's buffer comes down to half
+    /// of `buffer`, and when intake stops: the poll thread's backpressure wait is on it.
+    pub(crate) room: Condvar,
     /// Notified when nothing runs any more: the close hook waits on it.
     pub(crate) idle: Notify,
     pub(crate) concurrency: usize,
@@ -109,6 +114,7 @@ impl Shared {
         Shared {
             state: Mutex::new(State::default()),
             ended: Condvar::new(),
+            room: Condvar::new(),
             idle: Notify::new(),
             concurrency: concurrency.max(1),
             buffer: buffer.max(1),
