@@ -419,11 +419,14 @@ impl Inner {
             others.push(job);
         }
         let idle = state.running == 0;
+        let waited = state.ended_waiters > 0;
         if !resume.is_empty() {
             self.resume(&resume);
         }
         drop(state);
-        shared.ended.notify_all();
+        if waited {
+            shared.ended.notify_all();
+        }
         if idle {
             shared.idle.notify_waiters();
         }

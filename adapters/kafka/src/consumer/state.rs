@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub(crate) running: usize,
     /// Partitions with buffered messages waiting for a slot, oldest first.
     pub(crate) ready: VecDeque<Key>,
+    /// Threads in [`Shared::wait_ended`]: a message's end notifies `ended` only then (a
+    /// `Condvar` notification is a system call even with no one waiting).
+    pub(crate) ended_waiters: usize,
 }
 
 /// Counters, flags and the partition table, shared by the poll thread, message tasks and hooks.
@@ -173,11 +176,13 @@ impl Shared {
             if busy.is_empty() || now >= deadline {
                 return busy;
             }
+            state.ended_waiters += 1;
             state = self
                 .ended
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            state.ended_waiters -= 1;
         }
     }
 
