@@ -59,6 +59,19 @@ type Handler = dyn Fn(OwnedMessage, LifecycleHandle) -> BoxFuture + Send + Sync;
 /// the restart, and reported with
 /// [`report_handed_back`](lifecycle_hooks::LifecycleHandle::report_handed_back).
 ///
+/// Rebalances: when partitions are revoked, the consumer waits (at most
+/// [`revoke_timeout`](ConsumerBuilder::revoke_timeout)) for their in-flight messages, then
+/// commits what ended, synchronously, before librdkafka gives the partitions up. With
+/// `partition.assignment.strategy=cooperative-sticky` only the partitions that move are
+/// revoked and waited for; with the eager strategies (`range`, `roundrobin`, librdkafka's
+/// default) every partition is. Whether that eager commit is accepted depends on the broker:
+/// Kafka's coordinator accepts a commit of the current generation while the group prepares the
+/// rebalance, but librdkafka's mock cluster mostly answers `RebalanceInProgress` (it refuses
+/// commits once a member's JoinGroup has moved the group to `Joining`, which happens before the
+/// other members hear of the rebalance). A refused commit is logged (a warning naming the error)
+/// and the consumer goes on: nothing is lost, but what ended since the last commit is
+/// processed again by the partitions' next owners (at-least-once). Prefer cooperative-sticky.
+///
 /// Without [`bootstrap_servers`](ConsumerBuilder::bootstrap_servers) it starts librdkafka's
 /// mock cluster in-process ([`MockCluster`]).
 ///
