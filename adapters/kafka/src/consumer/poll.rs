@@ -238,7 +238,9 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
     }
     let mut close_requested = false;
     loop {
-        if inner.shared.closing.load(Ordering::Acquire) {
+        // Not `closing`: the final commit runs between the two, with the member still in
+        // its group.
+        if inner.shared.leaving.load(Ordering::Acquire) {
             if !close_requested {
                 close_requested = true;
                 // Leaves the group (unless static: see `ConsumerBuilder::static_member`); the

@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     // orders it with the bookkeeping), or read as a hint.
     pub(crate) intake_stopped: AtomicBool,
     pub(crate) closing: AtomicBool,
+    /// Set once the final commit is done (or skipped): the poll thread closes the consumer,
+    /// leaving the group. Apart from `closing`, so the close cannot overtake that commit.
+    pub(crate) leaving: AtomicBool,
     // Counters: Relaxed, tallies read as a snapshot.
     pub(crate) fetched: AtomicU64,
     pub(crate) processed: AtomicU64,
@@ -123,6 +126,7 @@ impl Shared {
             buffer: buffer.max(1),
             intake_stopped: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             fetched: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
