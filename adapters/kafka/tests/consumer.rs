@@ -630,7 +630,7 @@ async fn a_drain_longer_than_the_session_timeout_keeps_the_partitions() {
 /// `RebalanceInProgress` (the mock refuses OffsetCommit while its group is `Joining`, which a
 /// new member's JoinGroup puts it in before A hears of the rebalance), so some of what A had
 /// finished is processed again by the partitions' next owners: how much depends on timing (one
-/// to ten duplicates over these runs), so duplicates are allowed here, not counted. See
+/// to nine duplicates over these runs), so duplicates are allowed here, not counted. See
 /// `Consumer`'s notes on rebalance protocols.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eager_revocation_waits_for_in_flight_and_loses_nothing() {
