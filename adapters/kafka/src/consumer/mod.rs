@@ -171,6 +171,10 @@ impl Consumer {
 /// enough that rebalance callbacks (served by the same thread) wait at most this much more.
 const BACKPRESSURE_BLOCK: Duration = Duration::from_millis(500);
 
+/// At most this many ended messages of a partition wait for their offset to be stored into
+/// librdkafka while a slot runs the partition's messages back to back (see `Inner::end`).
+const STORE_EVERY: u32 = 64;
+
 /// A message taken for a slot: its partition, the partition's generation, the message.
 struct Job {
     key: Key,
@@ -414,19 +418,34 @@ impl Inner {
                 state.ready.push_back(key.clone());
             }
         }
-        // Invariant 3: stored under the lock, so a commit snapshot never runs ahead of it.
-        // librdkafka's `rd_kafka_offset_store` takes the message's own offset and stores + 1.
-        if store {
-            if let Err(error) = self.client.store_offset(&key.0, key.1, offset) {
-                tracing::warn!(target: "lifecycle_hooks_kafka", topic = %key.0, partition = key.1, offset, %error, "could not store the offset");
-            }
-        }
         let mut resume = Vec::new();
         let mine = if keep_slot {
             self.next_job(&mut state, &mut resume)
         } else {
             None
         };
+        // Invariant 3: stored under the lock, so a commit snapshot never runs ahead of it.
+        // librdkafka's `rd_kafka_offset_store` takes the message's own offset and stores + 1.
+        // While the slot goes on with the same partition, the store into librdkafka (what its
+        // background commit covers) may wait up to `STORE_EVERY` messages: the consumer's own
+        // commits use `stored_next`, and librdkafka never commits a stored offset at or below
+        // the committed one, so a late store cannot take a commit back.
+        if store {
+            let continues = mine.as_ref().is_some_and(|job| job.key == key);
+            let due = state.parts.get_mut(&key).is_none_or(|part| {
+                part.unstored += 1;
+                let due = !continues || part.unstored >= STORE_EVERY;
+                if due {
+                    part.unstored = 0;
+                }
+                due
+            });
+            if due {
+                if let Err(error) = self.client.store_offset(&key.0, key.1, offset) {
+                    tracing::warn!(target: "lifecycle_hooks_kafka", topic = %key.0, partition = key.1, offset, %error, "could not store the offset");
+                }
+            }
+        }
         let mut others = Vec::new();
         while let Some(job) = self.next_job(&mut state, &mut resume) {
             others.push(job);

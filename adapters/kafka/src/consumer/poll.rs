@@ -130,6 +130,7 @@ impl ConsumerContext for PollContext {
                 part.assigned = true;
                 part.uncommitted.clear();
                 part.stored_next = None;
+                part.unstored = 0;
             }
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?assigned, "Kafka partitions assigned");

@@ -11,7 +11,8 @@
 //! 3. Only the offset of a message that ended (processed or failed) is stored, in offset order
 //!    (invariant 1), and only while its partition is still assigned in the generation the
 //!    message was fetched in: a message cut off, or finished after its partition was revoked,
-//!    is never committed, so it is redelivered.
+//!    is never committed, so it is redelivered. Its store into librdkafka may lag (see
+//!    `Part::unstored`), never lead.
 //! 4. No message is started once intake has stopped or the consumer is closing; the messages
 //!    buffered then are dropped uncounted (never started, never committed: redelivered).
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
@@ -71,6 +72,9 @@ pub(crate) struct Part {
     pub(crate) uncommitted: VecDeque<i64>,
     /// The next offset to commit: the last ended message's offset + 1.
     pub(crate) stored_next: Option<i64>,
+    /// Ended messages whose offset is not yet stored into librdkafka (its background commit
+    /// lags by these; the consumer's own commits use `stored_next`).
+    pub(crate) unstored: u32,
     /// Waiting in `State::ready` for a slot.
     pub(crate) ready: bool,
 }
