@@ -115,7 +115,12 @@ async fn ours(cluster: &MockCluster, group: &str, buffer: usize) -> Duration {
     let took = first.get().expect("messages").elapsed();
     handle.stop();
     let outcome = run.await.expect("the run ends");
-    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    assert_eq!(
+        outcome.exit_code(),
+        0,
+        "{outcome}: {:?}",
+        outcome.failures()
+    );
     assert_eq!(consumer.stats().committed, MESSAGES);
     took
 }

@@ -26,10 +26,8 @@ pub const DEFAULT_CLOSE_HOOK_NAME: &str = "close_consumer";
 /// How long a revocation waits for the revoked partitions' in-flight messages by default.
 pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many fetched messages a partition buffers before it is paused, by default. A pause
-/// makes librdkafka drop what it had prefetched for the partition and fetch it again on resume,
-/// so a small buffer costs throughput (256 gave 10 k msg/s in `benches/consume_path.rs`,
-/// against 300 k with no pause at all).
+/// How many fetched messages a partition buffers before the poll thread waits for room, by
+/// default (see [`ConsumerBuilder::buffer`]).
 const DEFAULT_BUFFER: usize = 4096;
 
 /// Builds a [`Consumer`].
@@ -121,9 +119,13 @@ impl ConsumerBuilder {
         self
     }
 
-    /// How many fetched messages a partition may buffer before it is paused until its
-    /// buffer empties (default 4096). Each pause makes librdkafka drop and later fetch again
-    /// what it had prefetched for the partition, so keep it large unless memory is tight.
+    /// How many fetched messages a partition may buffer (default 4096; a batch from the poll
+    /// thread may overshoot it by up to 256). When a partition's buffer is full, the poll
+    /// thread stops taking messages (librdkafka keeps prefetching up to its own
+    /// `queued.max.messages.kbytes`) until the buffer is down to half, for at most 500 ms;
+    /// a partition still full then is paused until its buffer empties, so that a slow handler
+    /// does not hold up the group's callbacks. Each pause makes librdkafka drop and later
+    /// fetch again what it had prefetched for the partition.
     pub fn buffer(mut self, messages: usize) -> Self {
         self.buffer = messages.max(1);
         self

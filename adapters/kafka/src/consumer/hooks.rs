@@ -181,6 +181,7 @@ impl Inner {
     /// completes once it has closed (`None` if the thread never started).
     fn begin_close(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.shared.closing.store(true, Ordering::Release);
+        self.shared.leaving.store(true, Ordering::Release);
         let mut poll = self.poll.lock().unwrap_or_else(|p| p.into_inner());
         let thread = poll.as_mut()?;
         thread.close();

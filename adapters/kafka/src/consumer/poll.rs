@@ -39,6 +39,9 @@ pub enum RebalanceEvent<'a> {
 /// late the thread notices that the close it waits for has completed.
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// At most this many messages are handed from the poll thread to the slots at once.
+const BATCH: usize = 256;
+
 /// The consumer's librdkafka context: rebalance and commit callbacks, run on the poll thread.
 pub(crate) struct PollContext {
     pub(crate) shared: Arc<Shared>,
@@ -127,6 +130,7 @@ impl ConsumerContext for PollContext {
                 part.assigned = true;
                 part.uncommitted.clear();
                 part.stored_next = None;
+                part.unstored = 0;
             }
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?assigned, "Kafka partitions assigned");
@@ -235,7 +239,9 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
     }
     let mut close_requested = false;
     loop {
-        if inner.shared.closing.load(Ordering::Acquire) {
+        // Not `closing`: the final commit runs between the two, with the member still in
+        // its group.
+        if inner.shared.leaving.load(Ordering::Acquire) {
             if !close_requested {
                 close_requested = true;
                 // Leaves the group (unless static: see `ConsumerBuilder::static_member`); the
@@ -250,7 +256,23 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
             }
         }
         match client.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => inner.on_message(lifecycle, message.detach()),
+            Some(Ok(message)) => {
+                // What librdkafka has ready goes over in one batch: one lock, one slot start
+                // per partition, not one per message.
+                let mut batch = Vec::with_capacity(BATCH);
+                batch.push(message.detach());
+                while batch.len() < BATCH {
+                    match client.poll(Duration::ZERO) {
+                        Some(Ok(message)) => batch.push(message.detach()),
+                        Some(Err(error)) => {
+                            tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                inner.on_messages(lifecycle, batch);
+            }
             Some(Err(error)) => {
                 tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error")
             }

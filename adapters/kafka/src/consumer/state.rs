@@ -11,11 +11,13 @@
 //! 3. Only the offset of a message that ended (processed or failed) is stored, in offset order
 //!    (invariant 1), and only while its partition is still assigned in the generation the
 //!    message was fetched in: a message cut off, or finished after its partition was revoked,
-//!    is never committed, so it is redelivered.
+//!    is never committed, so it is redelivered. Its store into librdkafka may lag (see
+//!    `Part::unstored`), never lead.
 //! 4. No message is started once intake has stopped or the consumer is closing; the messages
 //!    buffered then are dropped uncounted (never started, never committed: redelivered).
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
-//!    while waiting on the broker); the revocation wait releases it through the `Condvar`.
+//!    while waiting on the broker); the revocation wait and the poll thread's backpressure
+//!    wait release it through their `Condvar`s.
 //!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
 //!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
 //!    `stop_intake` pause.
@@ -63,12 +65,16 @@ pub(crate) struct Part {
     pub(crate) in_flight: Option<i64>,
     /// Fetched, not started.
     pub(crate) queue: VecDeque<OwnedMessage>,
-    /// Paused because `queue` is full (not because intake stopped).
+    /// Paused because `queue` stayed full longer than the poll thread waits for room (not
+    /// because intake stopped).
     pub(crate) backpressure: bool,
     /// Offsets stored (ended) and not yet covered by a commit, ascending.
     pub(crate) uncommitted: VecDeque<i64>,
     /// The next offset to commit: the last ended message's offset + 1.
     pub(crate) stored_next: Option<i64>,
+    /// Ended messages whose offset is not yet stored into librdkafka (its background commit
+    /// lags by these; the consumer's own commits use `stored_next`).
+    pub(crate) unstored: u32,
     /// Waiting in `State::ready` for a slot.
     pub(crate) ready: bool,
 }
@@ -79,6 +85,9 @@ pub(crate) struct State {
     pub(crate) running: usize,
     /// Partitions with buffered messages waiting for a slot, oldest first.
     pub(crate) ready: VecDeque<Key>,
+    /// Threads in [`Shared::wait_ended`]: a message's end notifies `ended` only then (a
+    /// `Condvar` notification is a system call even with no one waiting).
+    pub(crate) ended_waiters: usize,
 }
 
 /// Counters, flags and the partition table, shared by the poll thread, message tasks and hooks.
@@ -86,6 +95,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Notified (with the lock released) when a message ends: revocation waits on it.
     pub(crate) ended: Condvar,
+    /// Notified (with the lock held or released) when a partition's buffer comes down to half
+    /// of `buffer`, and when intake stops: the poll thread's backpressure wait is on it.
+    pub(crate) room: Condvar,
     /// Notified when nothing runs any more: the close hook waits on it.
     pub(crate) idle: Notify,
     pub(crate) concurrency: usize,
@@ -94,6 +106,9 @@ pub(crate) struct Shared {
     // orders it with the bookkeeping), or read as a hint.
     pub(crate) intake_stopped: AtomicBool,
     pub(crate) closing: AtomicBool,
+    /// Set once the final commit is done (or skipped): the poll thread closes the consumer,
+    /// leaving the group. Apart from `closing`, so the close cannot overtake that commit.
+    pub(crate) leaving: AtomicBool,
     // Counters: Relaxed, tallies read as a snapshot.
     pub(crate) fetched: AtomicU64,
     pub(crate) processed: AtomicU64,
@@ -109,11 +124,13 @@ impl Shared {
         Shared {
             state: Mutex::new(State::default()),
             ended: Condvar::new(),
+            room: Condvar::new(),
             idle: Notify::new(),
             concurrency: concurrency.max(1),
             buffer: buffer.max(1),
             intake_stopped: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             fetched: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -167,11 +184,13 @@ impl Shared {
             if busy.is_empty() || now >= deadline {
                 return busy;
             }
+            state.ended_waiters += 1;
             state = self
                 .ended
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            state.ended_waiters -= 1;
         }
     }
 
