@@ -336,6 +336,23 @@ async fn consumer_commits_and_closes_before_the_producer() {
     );
 }
 
+/// A member's run is clean, or its only failure is its final commit refused because the group's
+/// generation moved under it (the mock cluster answers `IllegalGeneration` or
+/// `RebalanceInProgress` when the other member's leave or join overlaps the close; a real
+/// broker can too). Nothing is lost then: the next owner reprocesses from the last commit.
+fn assert_clean_but_for_a_rebalance_race(outcome: &Outcome) {
+    if outcome.exit_code() == 0 {
+        return;
+    }
+    let failures = outcome.failures();
+    assert_eq!(outcome.exit_code(), 1, "{failures:?}");
+    assert!(
+        failures.iter().all(|f| f.contains("final commit")
+            && (f.contains("IllegalGeneration") || f.contains("RebalanceInProgress"))),
+        "{failures:?}"
+    );
+}
+
 /// Starts a lifecycle for `consumer` on a task; returns its handle and the run.
 fn launch(consumer: &Consumer) -> (LifecycleHandle, tokio::task::JoinHandle<Outcome>) {
     let lifecycle = testing::builder()
@@ -386,8 +403,16 @@ async fn rebalance_commits_finished_messages_before_partitions_move() {
     // Both partitions' first messages are in flight in A before B joins.
     started.recv().await.expect("a started one");
     started.recv().await.expect("a started both");
+    // B's assignments, counted: it is stopped only once it has taken A's partition too, so its
+    // final commit is not caught in the rebalance A's leaving starts (IllegalGeneration).
+    let (b_assigned_tx, mut b_assigned) = watch::channel(0_usize);
     let b = consumer(&broker, "g-rebalance", &topic)
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .on_rebalance(move |event| {
+            if matches!(event, RebalanceEvent::Assigned(_)) {
+                b_assigned_tx.send_modify(|n| *n += 1);
+            }
+        })
         .build(move |message, _| {
             let seen_tx = seen_tx.clone();
             async move {
@@ -403,11 +428,20 @@ async fn rebalance_commits_finished_messages_before_partitions_move() {
         all.push(next.expect("all 20 within 30 s").expect("alive"));
     }
     let revoked_by_the_rebalance = a.stats().revoked;
+    let assigned_before = *b_assigned.borrow();
     a_handle.stop();
+    let a_outcome = a_run.await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        b_assigned.wait_for(|n| *n > assigned_before),
+    )
+    .await
+    .expect("B takes A's partition after A leaves")
+    .expect("B's callback lives");
     b_handle.stop();
-    let (a_outcome, b_outcome) = (a_run.await.unwrap(), b_run.await.unwrap());
-    assert_eq!(a_outcome.exit_code(), 0, "{:?}", a_outcome.failures());
-    assert_eq!(b_outcome.exit_code(), 0, "{:?}", b_outcome.failures());
+    let b_outcome = b_run.await.unwrap();
+    assert_clean_but_for_a_rebalance_race(&a_outcome);
+    assert_clean_but_for_a_rebalance_race(&b_outcome);
     all.extend(std::iter::from_fn(|| seen.try_recv().ok()));
     // Each message once: what A finished during the revocation was committed before B got
     // the partition.
@@ -672,8 +706,16 @@ async fn eager_revocation_waits_for_in_flight_and_loses_nothing() {
     let (a_handle, a_run) = launch(&a);
     started.recv().await.expect("a started one");
     started.recv().await.expect("a started both");
+    // B is stopped only once it holds the partitions again after A leaves, so its final
+    // commit is not caught in that rebalance (IllegalGeneration).
+    let (b_assigned_tx, mut b_assigned) = watch::channel(0_usize);
     let b = consumer(&broker, "g-eager", &topic)
         .set("partition.assignment.strategy", "range")
+        .on_rebalance(move |event| {
+            if matches!(event, RebalanceEvent::Assigned(_)) {
+                b_assigned_tx.send_modify(|n| *n += 1);
+            }
+        })
         .build(move |message, _| {
             let seen_tx = seen_tx.clone();
             async move {
@@ -698,11 +740,20 @@ async fn eager_revocation_waits_for_in_flight_and_loses_nothing() {
         all.push(next);
     }
     let a_revoked = a.stats().revoked;
+    let assigned_before = *b_assigned.borrow();
     a_handle.stop();
+    let a_outcome = a_run.await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        b_assigned.wait_for(|n| *n > assigned_before),
+    )
+    .await
+    .expect("B is assigned again after A leaves")
+    .expect("B's callback lives");
     b_handle.stop();
-    let (a_outcome, b_outcome) = (a_run.await.unwrap(), b_run.await.unwrap());
-    assert_eq!(a_outcome.exit_code(), 0, "{:?}", a_outcome.failures());
-    assert_eq!(b_outcome.exit_code(), 0, "{:?}", b_outcome.failures());
+    let b_outcome = b_run.await.unwrap();
+    assert_clean_but_for_a_rebalance_race(&a_outcome);
+    assert_clean_but_for_a_rebalance_race(&b_outcome);
     // Eager: both partitions were revoked from A, not only the one that moved.
     assert!(a_revoked >= 2, "{:?}", a.stats());
     // Both in-flight messages ended in A before the partitions were given up (that the
