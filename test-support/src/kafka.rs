@@ -1,6 +1,7 @@
 //! The broker under test (librdkafka's mock cluster or a `tansu` process on 127.0.0.1) and a
 //! consumer that reads messages back.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -254,4 +255,40 @@ impl Drop for Tansu {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,
+/// at most [`PATIENCE`](crate::process::PATIENCE) per message, while the producing service may still run), then whatever
+/// else is already there, and returns every key read: duplicates show as repeats.
+pub fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "lifecycle-hooks-read-keys")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut keys = Vec::new();
+    let mut distinct = BTreeSet::new();
+    while distinct.len() < expected {
+        let message = consumer
+            .poll(crate::process::PATIENCE)
+            .unwrap_or_else(|| panic!("{} of {expected} keys after waiting", distinct.len()))
+            .expect("a message");
+        let key = String::from_utf8(message.key().expect("a key").to_vec()).unwrap();
+        distinct.insert(key.clone());
+        keys.push(key);
+    }
+    // Anything else already on the topic (a duplicate would come after its first copy).
+    while let Some(message) = consumer.poll(Duration::from_secs(1)) {
+        let message = message.expect("a message");
+        keys.push(String::from_utf8(message.key().expect("a key").to_vec()).unwrap());
+    }
+    keys
 }

@@ -7,8 +7,6 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use nix::sys::signal::Signal;
 use support::{PATIENCE, Service};
 
@@ -205,36 +203,6 @@ fn a_job_whose_message_is_queued_is_settled_by_it_and_never_handed_back() {
     assert!(took < Duration::from_millis(1500 + 2500), "took {took:?}");
 }
 
-/// Reads `topic` from the beginning until `expected` distinct keys were seen (a blocking read,
-/// bounded by `PATIENCE` per message), and returns every key read.
-fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("group.id", "jobs-to-kafka-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut keys = Vec::new();
-    let mut distinct = BTreeSet::new();
-    while distinct.len() < expected {
-        let message = consumer
-            .poll(PATIENCE)
-            .unwrap_or_else(|| panic!("{} of {expected} keys after waiting", distinct.len()))
-            .expect("a message");
-        let key = String::from_utf8(message.key().expect("a key").to_vec()).unwrap();
-        distinct.insert(key.clone());
-        keys.push(key);
-    }
-    keys
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restarts_under_load_lose_no_job() {
     const JOBS: usize = 400;
@@ -274,7 +242,9 @@ async fn rolling_restarts_under_load_lose_no_job() {
     }
     // A last run works off the rest; once every key is on the topic, stop it.
     let last = tokio::task::block_in_place(|| Service::start("jobs_to_kafka", &common, &[]));
-    let keys = tokio::task::block_in_place(|| read_keys(&servers, &topic, 2, JOBS));
+    let keys = tokio::task::block_in_place(|| {
+        lifecycle_hooks_test_support::kafka::read_keys(&servers, &topic, 2, JOBS)
+    });
     last.signal(Signal::SIGTERM);
     let (lines, status) = last.finish();
     assert_eq!(status.code(), Some(0));

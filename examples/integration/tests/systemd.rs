@@ -18,8 +18,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lifecycle_hooks_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use lifecycle_hooks_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sandbox::{Lines, Sandbox, dropin, sandbox_script, shipped_unit, unsupported};
 use support::{PATIENCE, example_binary};
 
@@ -478,41 +476,6 @@ fn quiet_is_not_a_stop_for_systemd() {
     assert_eq!(summary["producer_closed_errors"], "0", "{summary:?}");
 }
 
-/// Reads `topic` from the beginning until `expected` distinct keys were seen, and returns every
-/// key read.
-fn read_keys(servers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("group.id", "systemd-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut keys = Vec::new();
-    let mut distinct = BTreeSet::new();
-    while distinct.len() < expected {
-        let message = consumer
-            .poll(PATIENCE)
-            .unwrap_or_else(|| panic!("{} of {expected} keys after waiting", distinct.len()))
-            .expect("a message");
-        let key = String::from_utf8(message.key().expect("a key").to_vec()).unwrap();
-        distinct.insert(key.clone());
-        keys.push(key);
-    }
-    // Anything else already on the topic (a duplicate would come after its first copy).
-    while let Some(message) = consumer.poll(Duration::from_secs(1)) {
-        let message = message.expect("a message");
-        keys.push(String::from_utf8(message.key().expect("a key").to_vec()).unwrap());
-    }
-    keys
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restarts_under_load_with_systemd_as_the_supervisor() {
     const JOBS: usize = 2000;
@@ -593,7 +556,9 @@ async fn rolling_restarts_under_load_with_systemd_as_the_supervisor() {
     assert_eq!(show["ActiveState"], "active", "{show:?}");
     assert_eq!(show["Result"], "success", "{show:?}");
     // The last run works off the rest; once every key is on the topic, stop it.
-    let keys = tokio::task::block_in_place(|| read_keys(&servers, &topic, 2, JOBS));
+    let keys = tokio::task::block_in_place(|| {
+        lifecycle_hooks_test_support::kafka::read_keys(&servers, &topic, 2, JOBS)
+    });
     tokio::task::block_in_place(|| sandbox.systemctl(&["stop", "roll.service"]));
 
     let summaries: Vec<HashMap<String, String>> = tokio::task::block_in_place(|| {
