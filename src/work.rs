@@ -2,7 +2,7 @@
 //! [`LifecycleHandle::spawn_named`](crate::LifecycleHandle::spawn_named).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,7 +15,7 @@ use crate::phase::Phase;
 #[derive(Debug, Default)]
 pub(crate) struct WorkRegistry {
     /// Locked briefly to add, remove or copy; never across an await or another lock.
-    items: Mutex<(u64, HashMap<u64, Named>)>,
+    items: Mutex<(u64, BTreeMap<u64, Named>)>,
 }
 
 /// One named item: its name, the phase it began in, and when.
@@ -37,22 +37,17 @@ impl WorkRegistry {
     /// Every item now, oldest first.
     pub(crate) fn snapshot(&self) -> Vec<WorkItem> {
         let now = Instant::now();
-        let mut items: Vec<(u64, WorkItem)> = self
-            .items
+        // Keys grow with each item, so the map's order is the age order.
+        self.items
             .lock()
             .1
-            .iter()
-            .map(|(key, (name, phase, started))| {
-                let item = WorkItem {
-                    name: name.to_string(),
-                    phase: phase.clone(),
-                    age: now.saturating_duration_since(*started),
-                };
-                (*key, item)
+            .values()
+            .map(|(name, phase, started)| WorkItem {
+                name: name.to_string(),
+                phase: phase.clone(),
+                age: now.saturating_duration_since(*started),
             })
-            .collect();
-        items.sort_by_key(|(key, _)| *key);
-        items.into_iter().map(|(_, item)| item).collect()
+            .collect()
     }
 }
 

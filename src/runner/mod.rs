@@ -281,7 +281,6 @@ impl<'a> Runner<'a> {
                         drain_left.as_secs_f64()
                     );
                     self.notify(&format!("STATUS=draining: {in_flight} in flight"));
-                    self.extend_timeout();
                     shared.events.emit(Event::Draining { in_flight, drain_left });
                 }
             }
