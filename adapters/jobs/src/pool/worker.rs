@@ -92,6 +92,10 @@ pub(super) async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>
         if worker.halt.is_cancelled() {
             return;
         }
+        // Held from before the fetch: a fetch that completes after intake stopped (its poll
+        // running on another thread when the halt came) is work the wait phase waits for, so
+        // its hand-back happens before the exit side, not after the wait found nothing.
+        let guard = handle.work_guard();
         let fetch = inner.source.fetch();
         tokio::pin!(fetch);
         // A job already waiting is taken without registering for the halt (the common case
@@ -129,7 +133,6 @@ pub(super) async fn work<S: JobSource>(inner: Arc<Inner<S>>, worker: Arc<Worker>
         };
         backoff = FETCH_BACKOFF.0;
         inner.counters.fetched.add(1);
-        let guard = handle.work_guard();
         // The fetch completed while intake was stopping (on another thread).
         if worker.halt.is_cancelled() {
             tracing::info!(pool = %inner.name, id = job.id(), "fetched after intake stopped: handing it back unrun");
