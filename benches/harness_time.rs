@@ -4,7 +4,7 @@
 //! median of whole rounds and of their spawn half (until all N tasks wait), and the ratios.
 //!
 //! `cargo bench -p lifecycle-hooks --bench harness_time`; figures in `BENCHMARKS.md`.
-//! For profiles, `HARNESS_ONLY=<lib> HARNESS_N=<n> HARNESS_ITERS=<k>` runs `k` rounds of one
+//! `HARNESS_SIZES=10,1000` replaces the sizes (10 000 and 100 000). For profiles, `HARNESS_ONLY=<lib> HARNESS_N=<n> HARNESS_ITERS=<k>` runs `k` rounds of one
 //! library with no warm-up and no table (`lib` one of `task_tracker`, `lifecycle_hooks`,
 //! `tokio_graceful_shutdown`).
 
@@ -44,17 +44,29 @@ fn main() {
     // `cargo bench` passes `--bench`; under `cargo test --benches` run one small iteration as a
     // smoke test.
     let benching = std::env::args().any(|a| a == "--bench");
-    let (sizes, iterations, warm_up): (&[usize], usize, usize) = if benching {
-        (&[10_000, 100_000], env_or("HARNESS_ITERS", 21), 2)
+    let (sizes, iterations, warm_up): (Vec<usize>, usize, usize) = if benching {
+        // `HARNESS_SIZES=10,1000` measures other sizes (the fixed cost of a round, say).
+        let sizes = std::env::var("HARNESS_SIZES").map_or_else(
+            |_| vec![10_000, 100_000],
+            |sizes| {
+                (sizes.split(',').map(|n| {
+                    n.trim()
+                        .parse()
+                        .expect("HARNESS_SIZES: sizes, comma-separated")
+                }))
+                .collect()
+            },
+        );
+        (sizes, env_or("HARNESS_ITERS", 21), 2)
     } else {
-        (&[100], 1, 0)
+        (vec![100], 1, 0)
     };
     println!("load average before: {}", load());
     println!(
         "| N | iterations | task_tracker | lifecycle_hooks | tokio_graceful_shutdown | lifecycle_hooks / task_tracker | median of per-iteration ratios | spawn half: task_tracker | lifecycle_hooks | ratio | tokio_graceful_shutdown / lifecycle_hooks |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for &n in sizes {
+    for &n in &sizes {
         let mut total: [Vec<f64>; 3] = Default::default();
         let mut spawn: [Vec<f64>; 3] = Default::default();
         for iteration in 0..warm_up + iterations {

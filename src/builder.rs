@@ -8,7 +8,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::control::{Control, ControlCell};
 use crate::deadline::Budget;
@@ -310,11 +309,11 @@ impl Builder {
         let pending = plan.hook_names();
         let shared = Shared {
             control: Arc::new(ControlCell::new(Control::new(budget))),
-            tracker: TaskTracker::new(),
+            tracker: Default::default(),
             intake: CancellationToken::new(),
             drain: CancellationToken::new(),
             cancel: CancellationToken::new(),
-            cancel_wake: crate::sync::Arc::new(Default::default()),
+            cancel_wake: Default::default(),
             stopping_sent: CancellationToken::new(),
             work: Default::default(),
             stored: Default::default(),

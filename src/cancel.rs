@@ -6,12 +6,14 @@
 //! registration) against the cancel.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::task::Waker;
 
 use crate::errors::panic_message;
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex};
+use crate::tracker::Tracker;
 
 /// Shards of [`CancelWake`]: more than the worker threads of a typical runtime, so that two
 /// workers rarely share one.
@@ -23,9 +25,25 @@ static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 
 #[cfg(not(lifecycle_loom))]
 thread_local! {
-    /// This thread's shard: tasks first polled here register in it. Relaxed: the counter only
-    /// spreads threads over shards; every shard is correct for every thread.
-    static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+    /// This thread's shard, `u8::MAX` until its first task registers: tasks first polled here
+    /// register in it. A `const` local with no destructor, so reading it is one load.
+    static SHARD: std::cell::Cell<u8> = const { std::cell::Cell::new(u8::MAX) };
+}
+
+/// This thread's shard (assigned on first use). Relaxed: the counter only spreads threads over
+/// shards; every shard is correct for every thread.
+#[cfg(not(lifecycle_loom))]
+#[inline]
+fn this_threads_shard() -> usize {
+    SHARD
+        .try_with(|shard| {
+            if shard.get() == u8::MAX {
+                shard.set((NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8);
+            }
+            usize::from(shard.get())
+        })
+        // A thread whose locals are gone: any shard is correct.
+        .unwrap_or(0)
 }
 
 // Under loom the counter starts afresh in every explored execution, so each replays the same.
@@ -37,6 +55,12 @@ thread_local! {
 #[cfg(lifecycle_loom)]
 ::loom::thread_local! {
     static SHARD: u8 = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+}
+
+#[cfg(lifecycle_loom)]
+#[inline]
+fn this_threads_shard() -> usize {
+    SHARD.with(|shard| usize::from(*shard))
 }
 
 /// The cancellation at the drain deadline, for tasks spawned by [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn).
@@ -147,29 +171,48 @@ impl CancelWake {
     }
 }
 
-/// A task's place in [`CancelWake`]: the shard and key of its waker once registered. 16 bytes,
-/// so that the task future of a small job keeps to tokio's smaller task cell.
+/// The key of a [`Slot`] not registered (yet).
+const UNREGISTERED: u32 = u32::MAX;
+
+/// What owns a [`CancelWake`] and the [`Tracker`] a spawned task counts in: the lifecycle's
+/// shared state in the library, a pair of them in the models. A spawned task holds one pointer
+/// to its owner, which is both its cancellation and its tracking token.
+pub(crate) trait CancelOwner: Send + Sync + 'static {
+    fn cancel_wake(&self) -> &CancelWake;
+    fn tracker(&self) -> &Tracker;
+}
+
+/// A spawned task's tracking token and its place in [`CancelWake`]: the shard and key of its
+/// waker once registered. 16 bytes, so that the task future of a small job keeps to tokio's
+/// smaller task cell (and below its copy threshold).
+///
+/// `P` points to the owner: `Arc<Shared>` in the library, the very pointer a
+/// [`LifecycleHandle`](crate::LifecycleHandle) holds, so a task spawned with a clone of the
+/// handle touches one reference count, not three on three cache lines.
 #[derive(Debug)]
-struct Slot {
-    wake: Arc<CancelWake>,
+struct Slot<P>
+where
+    P: Deref<Target: CancelOwner>,
+{
+    owner: P,
     key: u32,
     shard: u8,
 }
 
-impl Slot {
-    const UNREGISTERED: u32 = u32::MAX;
-
+impl<P> Slot<P>
+where
+    P: Deref<Target: CancelOwner>,
+{
     /// After a poll that returned `Pending`: whether the task is cancelled. On the first such
     /// poll, registers `waker` unless the shard has closed. `Cancellable` is always the whole
     /// future of its own tokio task, whose waker never changes, so one registration holds.
     fn cancelled(&mut self, waker: &Waker) -> bool {
-        if self.key != Slot::UNREGISTERED {
+        if self.key != UNREGISTERED {
             // Acquire: see invariant 1.
-            return self.wake.fired.load(Ordering::Acquire);
+            return self.owner.cancel_wake().fired.load(Ordering::Acquire);
         }
-        // Shard 0 on a thread whose locals are being destroyed: any shard is correct.
-        let at = SHARD.try_with(|shard| *shard).unwrap_or(0);
-        let mut shard = self.wake.shards[usize::from(at)].0.lock();
+        let at = this_threads_shard();
+        let mut shard = self.owner.cancel_wake().shards[at].0.lock();
         if shard.closed {
             return true;
         }
@@ -187,7 +230,7 @@ impl Slot {
                 // shard cannot exist.
                 let key = u32::try_from(shard.used)
                     .ok()
-                    .filter(|&key| key != Slot::UNREGISTERED)
+                    .filter(|&key| key != UNREGISTERED)
                     .expect("fewer than 2^32 - 1 tasks waiting in one shard");
                 if shard.used == shard.chunks.len() * CHUNK {
                     let chunk = Box::new(std::array::from_fn(|_| Entry::Free(None)));
@@ -199,19 +242,47 @@ impl Slot {
             }
         };
         drop(shard);
-        self.shard = at;
+        self.shard = at as u8;
         self.key = key;
         false
     }
 }
 
-impl Drop for Slot {
+impl<P> Drop for Slot<P>
+where
+    P: Deref<Target: CancelOwner>,
+{
     fn drop(&mut self) {
-        if self.key == Slot::UNREGISTERED {
+        // The task's future is dropped before its slot (field order in `Cancellable`): the work
+        // has ended once its waker is out.
+        self.deregister();
+        self.owner.tracker().end();
+    }
+}
+
+impl<P> Slot<P>
+where
+    P: Deref<Target: CancelOwner>,
+{
+    /// A new task's slot: counted in the tracker until dropped, not registered yet.
+    fn new(owner: P) -> Self {
+        owner.tracker().add();
+        Slot {
+            owner,
+            key: UNREGISTERED,
+            shard: 0,
+        }
+    }
+
+    /// Takes the waker out of its shard, if it is there.
+    fn deregister(&mut self) {
+        if self.key == UNREGISTERED {
             return;
         }
         let waker = {
-            let mut shard = self.wake.shards[usize::from(self.shard)].0.lock();
+            let mut shard = self.owner.cancel_wake().shards[usize::from(self.shard)]
+                .0
+                .lock();
             if shard.closed {
                 None
             } else {
@@ -226,34 +297,38 @@ impl Drop for Slot {
 
 #[cfg(not(lifecycle_loom))]
 const _: () = assert!(std::mem::size_of::<Entry>() == 16);
-#[cfg(not(lifecycle_loom))]
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 
 pin_project_lite::pin_project! {
     /// Tracked work raced against the cancellation at the drain deadline, the work polled
     /// first; a panic in the work is counted, then goes on to the join handle.
-    pub(crate) struct Cancellable<F> {
+    pub(crate) struct Cancellable<F, P>
+    where
+        P: Deref<Target: CancelOwner>,
+    {
         #[pin]
         fut: F,
-        slot: Slot,
+        slot: Slot<P>,
     }
 }
 
-impl<F> Cancellable<F> {
-    /// `fut`, to be cancelled by `wake`.
-    pub(crate) fn new(fut: F, wake: &Arc<CancelWake>) -> Self {
+impl<F, P> Cancellable<F, P>
+where
+    P: Deref<Target: CancelOwner>,
+{
+    /// `fut`, counted in the [`Tracker`] of `owner` and cancelled by its [`CancelWake`].
+    #[inline]
+    pub(crate) fn new(fut: F, owner: P) -> Self {
         Cancellable {
             fut,
-            slot: Slot {
-                wake: Arc::clone(wake),
-                shard: 0,
-                key: Slot::UNREGISTERED,
-            },
+            slot: Slot::new(owner),
         }
     }
 }
 
-impl<F: Future> Future for Cancellable<F> {
+impl<F: Future, P> Future for Cancellable<F, P>
+where
+    P: Deref<Target: CancelOwner>,
+{
     type Output = Option<F::Output>;
 
     fn poll(
@@ -271,7 +346,7 @@ impl<F: Future> Future for Cancellable<F> {
             Err(panic) => {
                 tracing::error!(target: "lifecycle_hooks", panic = %panic_message(&*panic), "tracked work panicked");
                 // Release: the runner reads the count (Acquire) after this task has ended.
-                this.slot.wake.panicked.fetch_add(1, Ordering::Release);
+                (this.slot.owner.cancel_wake().panicked).fetch_add(1, Ordering::Release);
                 // The join handle still sees the panic, as with a plain `tokio::spawn`.
                 std::panic::resume_unwind(panic);
             }
@@ -286,6 +361,7 @@ mod loom_model {
     use std::task::{Wake, Waker};
 
     use super::*;
+    use crate::sync::Arc;
 
     /// A waker that records its wake-up in a loom atomic, so the model sees the write.
     struct Flag(AtomicBool);
@@ -301,12 +377,32 @@ mod loom_model {
         (std::sync::Arc::clone(&flag), Waker::from(flag))
     }
 
-    fn slot(wake: &Arc<CancelWake>) -> Slot {
-        Slot {
-            wake: Arc::clone(wake),
-            key: Slot::UNREGISTERED,
-            shard: 0,
+    /// The owner in the models: the real `CancelWake` and `Tracker`, without the rest of a
+    /// lifecycle.
+    #[derive(Default)]
+    struct Owner {
+        wake: CancelWake,
+        tracker: Tracker,
+    }
+
+    impl CancelOwner for Owner {
+        fn cancel_wake(&self) -> &CancelWake {
+            &self.wake
         }
+        fn tracker(&self) -> &Tracker {
+            &self.tracker
+        }
+    }
+
+    impl Deref for Owner {
+        type Target = CancelWake;
+        fn deref(&self) -> &CancelWake {
+            &self.wake
+        }
+    }
+
+    fn slot(owner: &Arc<Owner>) -> Slot<Arc<Owner>> {
+        Slot::new(Arc::clone(owner))
     }
 
     /// A task registering on its first `Pending` races the cancel: it sees the cancel and ends,
@@ -314,7 +410,7 @@ mod loom_model {
     #[test]
     fn a_registration_racing_the_cancel_is_never_lost() {
         ::loom::model(|| {
-            let wake = Arc::new(CancelWake::default());
+            let wake = Arc::new(Owner::default());
             let task = {
                 let wake = Arc::clone(&wake);
                 ::loom::thread::spawn(move || {
@@ -337,7 +433,7 @@ mod loom_model {
     #[test]
     fn tasks_on_two_shards_are_each_ended_or_woken() {
         ::loom::model(|| {
-            let wake = Arc::new(CancelWake::default());
+            let wake = Arc::new(Owner::default());
             let tasks: Vec<_> = (0..2)
                 .map(|_| {
                     let wake = Arc::clone(&wake);
@@ -362,7 +458,7 @@ mod loom_model {
     #[test]
     fn a_deregistration_racing_the_cancel_touches_nothing_freed() {
         ::loom::model(|| {
-            let wake = Arc::new(CancelWake::default());
+            let wake = Arc::new(Owner::default());
             let (_woken, waker) = flag();
             let mut task = slot(&wake);
             assert!(!task.cancelled(&waker), "registered before the cancel");
@@ -376,6 +472,10 @@ mod loom_model {
                 let shard = shard.0.lock();
                 assert!(shard.closed && shard.chunks.is_empty() && shard.free.is_none());
             }
+            assert!(
+                wake.tracker.is_empty(),
+                "the ended task is no longer tracked"
+            );
         });
     }
 }

@@ -14,8 +14,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tokio_util::task::task_tracker::{TaskTrackerToken, TrackedFuture};
 
 use crate::BoxError;
 use crate::cancel::Cancellable;
@@ -28,6 +26,7 @@ use crate::notify::Notifier;
 use crate::outcome::{ExitCodes, IntoHookResult, Reason};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
+use crate::tracker::Tracker;
 use crate::work::{NamedKey, WorkRegistry};
 
 /// Settings fixed at build time.
@@ -47,7 +46,7 @@ pub(crate) struct Shared {
     /// Triggers and escalation: copied out under one short lock, and awaited by version.
     pub(crate) control: Arc<ControlCell>,
     /// Every tracked task, future and guard.
-    pub(crate) tracker: TaskTracker,
+    pub(crate) tracker: Tracker,
     /// Cancelled when intake stops.
     pub(crate) intake: CancellationToken,
     /// Cancelled when the drain begins.
@@ -56,7 +55,7 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     /// Fired with `cancel`: the spawned tasks still waiting, woken so each ends at its next
     /// poll, and the count of those that panicked. One pointer per spawned task.
-    pub(crate) cancel_wake: crate::sync::Arc<crate::cancel::CancelWake>,
+    pub(crate) cancel_wake: crate::cancel::CancelWake,
     /// Cancelled once the runner has sent `STOPPING=1`: from then on the stop timeout may be
     /// extended.
     pub(crate) stopping_sent: CancellationToken,
@@ -77,6 +76,15 @@ pub(crate) struct Shared {
     /// Every hook in plan order as `phase/name`, emptied as each one reports: the pending hooks
     /// for state dumps.
     pub(crate) pending: Mutex<Vec<Option<String>>>,
+}
+
+impl crate::cancel::CancelOwner for Shared {
+    fn cancel_wake(&self) -> &crate::cancel::CancelWake {
+        &self.cancel_wake
+    }
+    fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
 }
 
 impl Shared {
@@ -364,9 +372,7 @@ impl LifecycleHandle {
     {
         // Nothing is registered here: the task registers its waker (or sees the cancellation)
         // under its shard's lock when its first poll returns `Pending`; see `CancelWake`.
-        self.shared
-            .tracker
-            .spawn(Cancellable::new(fut, &self.shared.cancel_wake))
+        tokio::spawn(Cancellable::new(fut, Arc::clone(&self.shared)))
     }
 
     /// Like [`spawn`](Self::spawn), with a name: while it runs it appears in
@@ -446,15 +452,19 @@ impl LifecycleHandle {
 
     /// Tracks a future without spawning it: it counts as in-flight work until it completes or
     /// is dropped.
-    pub fn track<F: Future>(&self, fut: F) -> TrackedFuture<F> {
-        self.shared.tracker.track_future(fut)
+    pub fn track<F: Future>(&self, fut: F) -> Tracked<F> {
+        Tracked::new(fut, self.token())
+    }
+
+    fn token(&self) -> TrackerToken {
+        TrackerToken::new(Arc::clone(&self.shared))
     }
 
     /// A guard that counts as one in-flight work item until dropped, for work that is not a
     /// future (a message being processed by a callback, a request in another runtime).
     pub fn work_guard(&self) -> WorkGuard {
         WorkGuard {
-            _token: self.shared.tracker.token(),
+            _token: self.token(),
             _named: None,
         }
     }
@@ -463,9 +473,66 @@ impl LifecycleHandle {
     /// report ([`Outcome::stuck_work`](crate::Outcome::stuck_work)): a request, a message, a job.
     pub fn work_guard_named(&self, name: impl Into<Cow<'static, str>>) -> WorkGuard {
         WorkGuard {
-            _token: self.shared.tracker.token(),
+            _token: self.token(),
             _named: Some(self.named(name.into())),
         }
+    }
+}
+
+// What a spawned task adds to its future: 16 bytes (its owner, its waker's key and shard).
+const _: () = assert!(std::mem::size_of::<Cancellable<(), Arc<Shared>>>() == 16);
+
+/// One count in the lifecycle's [`Tracker`], for as long as it lives.
+#[derive(Debug)]
+struct TrackerToken {
+    shared: Arc<Shared>,
+}
+
+impl TrackerToken {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.tracker.add();
+        TrackerToken { shared }
+    }
+}
+
+impl Drop for TrackerToken {
+    fn drop(&mut self) {
+        self.shared.tracker.end();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future counted as in-flight work until it completes or is dropped. From
+    /// [`LifecycleHandle::track`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Tracked<F> {
+        // Dropped before the token: the work has ended once its future is gone.
+        #[pin]
+        fut: F,
+        token: TrackerToken,
+    }
+}
+
+impl<F> Tracked<F> {
+    fn new(fut: F, token: TrackerToken) -> Self {
+        Tracked { fut, token }
+    }
+}
+
+impl<F> fmt::Debug for Tracked<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracked").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().fut.poll(cx)
     }
 }
 
@@ -473,6 +540,6 @@ impl LifecycleHandle {
 #[derive(Debug)]
 #[must_use = "the work counts as in flight only while the guard lives"]
 pub struct WorkGuard {
-    _token: TaskTrackerToken,
+    _token: TrackerToken,
     _named: Option<NamedKey>,
 }

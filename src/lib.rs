@@ -27,6 +27,7 @@ mod runner;
 mod signals;
 mod sync;
 pub mod testing;
+mod tracker;
 mod work;
 
 pub use builder::{Builder, DEFAULT_BUDGET};
@@ -36,7 +37,7 @@ pub use deadline::Deadlines;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub use event::{Event, EventStream, Snapshot};
 pub use fdstore::{FdStore, ListenAddr, Listener};
-pub use handle::{LifecycleHandle, WorkGuard};
+pub use handle::{LifecycleHandle, Tracked, WorkGuard};
 pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
 pub use milestone::{Milestone, Reload};

@@ -2,8 +2,6 @@
 //! `--cfg lifecycle_loom` so the real code runs under loom's model checker (see `cancel.rs`).
 
 #[cfg(not(lifecycle_loom))]
-pub(crate) use std::sync::Arc;
-#[cfg(not(lifecycle_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 #[cfg(lifecycle_loom)]
