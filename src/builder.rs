@@ -315,7 +315,7 @@ impl Builder {
             cancel: CancellationToken::new(),
             cancel_wake: Default::default(),
             stopping_sent: CancellationToken::new(),
-            work: Default::default(),
+            work: Arc::new(crate::work::WorkRegistry::new(plan.phases[0].phase.clone())),
             stored: Default::default(),
             phase: watch::Sender::new(plan.phases[0].phase.clone()),
             ready: watch::Sender::new(false),

@@ -27,7 +27,7 @@ use crate::outcome::{ExitCodes, IntoHookResult, Reason};
 use crate::phase::Phase;
 use crate::signals::{Signal, Signals};
 use crate::tracker::Tracker;
-use crate::work::{NamedKey, WorkRegistry};
+use crate::work::{NamedKey, WorkRegistry, WorkSource};
 
 /// Settings fixed at build time.
 #[derive(Debug)]
@@ -458,6 +458,15 @@ impl LifecycleHandle {
 
     fn token(&self) -> TrackerToken {
         TrackerToken::new(Arc::clone(&self.shared))
+    }
+
+    /// Lists what `source` yields as named work (in [`snapshot`](Self::snapshot), the `SIGTTIN`
+    /// dump and [`Outcome::stuck_work`](crate::Outcome::stuck_work)) for as long as it lives.
+    /// For adapters whose work is counted by plain [`work_guard`](Self::work_guard)s and named
+    /// only when asked; see [`WorkSource`].
+    pub fn work_source<S: WorkSource + 'static>(&self, source: &Arc<S>) {
+        let source: Arc<dyn WorkSource> = source.clone();
+        self.shared.work.add_source(Arc::downgrade(&source));
     }
 
     /// A guard that counts as one in-flight work item until dropped, for work that is not a

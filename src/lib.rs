@@ -47,6 +47,7 @@ pub use outcome::{
 };
 pub use phase::{Phase, PhaseSpec};
 pub use signals::{Action, Signal, Signals};
+pub use work::WorkSource;
 
 #[cfg(feature = "macros")]
 pub use lifecycle_hooks_macros::{hook, on_exit, on_shutdown, on_startup, on_stop_intake};

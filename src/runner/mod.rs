@@ -177,6 +177,7 @@ impl<'a> Runner<'a> {
         let phase = &self.plan.phases[index].phase;
         self.current = Some((index, Instant::now()));
         self.shared.phase.send_replace(phase.clone());
+        self.shared.work.entered(phase.clone());
         tracing::info!(target: "lifecycle_hooks", %phase, in_flight = self.shared.tracker.len(), "phase");
         self.notify(&format!("STATUS=phase {phase}"));
         self.shared.events.emit(Event::PhaseStarted {

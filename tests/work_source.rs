@@ -1,0 +1,145 @@
+//! Work sources: work counted by plain guards and named only when a snapshot asks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifecycle_hooks::{Phase, WorkSource, testing};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// A source listing what the test puts in it.
+#[derive(Default)]
+struct Listed(Mutex<Vec<(String, Instant)>>);
+
+impl Listed {
+    fn begin(&self, name: &str) {
+        self.0.lock().push((name.to_owned(), Instant::now()));
+    }
+}
+
+impl WorkSource for Listed {
+    fn for_each(&self, item: &mut dyn FnMut(String, Instant)) {
+        for (name, began) in self.0.lock().iter() {
+            item(name.clone(), *began);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sources_items_are_listed_by_age_with_named_work_and_the_phase_they_began_in() {
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let listed = Arc::new(Listed::default());
+    handle.work_source(&listed);
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|ready| *ready).await.unwrap();
+
+    listed.begin("source: oldest");
+    let _first = handle.work_guard();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _named = handle.work_guard_named("named: middle");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    handle.stop();
+    handle.draining().await;
+    // The phases after the drain follow at once (no hooks): whichever it is now.
+    let phase_now = handle.phase();
+    assert_ne!(phase_now, Phase::RUNNING);
+    listed.begin("source: during the drain");
+    let _second = handle.work_guard();
+
+    let work = handle.snapshot().work;
+    let names: Vec<&str> = work.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "source: oldest",
+            "named: middle",
+            "source: during the drain"
+        ]
+    );
+    assert_eq!(work[0].phase, Phase::RUNNING);
+    assert!(work[0].age >= Duration::from_secs(2), "{:?}", work[0].age);
+    assert!(work[0].age > work[1].age && work[1].age > work[2].age);
+    assert_eq!(work[2].phase, phase_now);
+
+    // Still running at the drain deadline: the source's items are in the stuck-work report.
+    let outcome = run.await.unwrap();
+    let stuck: Vec<&str> = outcome
+        .stuck_work()
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
+    assert_eq!(
+        stuck,
+        [
+            "source: oldest",
+            "named: middle",
+            "source: during the drain"
+        ]
+    );
+    assert_eq!(outcome.exit_code(), 2, "forced: work outlived the drain");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_source_is_no_longer_listed() {
+    let lifecycle = testing::builder().build().unwrap();
+    let handle = lifecycle.handle();
+    let listed = Arc::new(Listed::default());
+    listed.begin("gone with its source");
+    handle.work_source(&listed);
+    assert_eq!(handle.snapshot().work.len(), 1);
+    drop(listed);
+    assert!(handle.snapshot().work.is_empty());
+    // Registering another forgets the dropped one.
+    let other = Arc::new(Listed::default());
+    other.begin("the other");
+    handle.work_source(&other);
+    let work = handle.snapshot().work;
+    assert_eq!(work.len(), 1);
+    assert_eq!(work[0].name, "the other");
+    assert_eq!(work[0].phase, Phase::STARTUP, "began before the run");
+}
+
+/// Snapshots from other threads while the source's own lock is busy with new items: no
+/// deadlock (the lifecycle holds none of its locks while the source runs).
+#[test]
+fn snapshots_from_other_threads_race_the_source_and_the_phases() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let lifecycle = testing::builder().build().unwrap();
+        let handle = lifecycle.handle();
+        let listed = Arc::new(Listed::default());
+        handle.work_source(&listed);
+        let run = tokio::spawn(lifecycle.run());
+        let threads: Vec<_> = (0..3)
+            .map(|k| {
+                let handle = handle.clone();
+                let listed = Arc::clone(&listed);
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    for i in 0..2_000 {
+                        if k == 0 {
+                            listed.begin(&format!("item {i}"));
+                        }
+                        seen = seen.max(handle.snapshot().work.len());
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let seen: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // The thread that adds the items sees each one in its own next snapshot.
+        assert_eq!(seen[0], 2_000);
+        assert!(seen.iter().all(|&n| n <= 2_000));
+        assert_eq!(handle.snapshot().work.len(), 2_000);
+        handle.stop();
+        assert_eq!(run.await.unwrap().exit_code(), 0);
+    });
+}
