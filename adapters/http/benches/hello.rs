@@ -12,6 +12,8 @@
 //!   (a burst of load from elsewhere skews one pair, not the median).
 //!
 //! `cargo bench -p lifecycle-hooks-http --bench hello`; figures in `BENCHMARKS.md`.
+//! `HELLO_ONLY=adapter|axum_serve HELLO_N=<n>` sends n requests to one server and exits (for
+//! callgrind's instruction counts, which a busy machine does not skew).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -257,6 +259,21 @@ fn median(values: &mut [f64]) -> f64 {
 fn hello(c: &mut Criterion) {
     let rt = runtime();
     let servers = rt.block_on(servers());
+    if let Ok(only) = std::env::var("HELLO_ONLY") {
+        // For profiles: `HELLO_ONLY=adapter|axum_serve HELLO_N=<n>` sends n requests to one
+        // server and stops; under callgrind, per request = ΔIr / Δn between two sizes.
+        let addr = match only.as_str() {
+            "adapter" => servers.adapter,
+            "axum_serve" => servers.plain,
+            other => panic!("HELLO_ONLY: adapter or axum_serve, not {other}"),
+        };
+        let n = std::env::var("HELLO_N").map_or(16_000, |n| n.parse().expect("HELLO_N: a count"));
+        rt.block_on(async {
+            let mut clients = Clients::open(addr).await;
+            clients.load(n, None).await;
+        });
+        std::process::exit(0);
+    }
     criterion_part(c, &rt, &servers);
     paired_rounds(&rt, &servers);
 }

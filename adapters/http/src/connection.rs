@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
+use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -36,19 +37,67 @@ use crate::counters::Cells;
 use crate::server::Shared;
 use crate::service::{RequestGuard, RequestService};
 
-/// A request in flight, as a cut names it.
+/// A request in flight, as a cut or a snapshot names it: its method and path (not the whole
+/// URI, which would make every entry a hundred bytes larger to write and drop).
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    pub(crate) id: u64,
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    pub(crate) path: Option<PathAndQuery>,
     pub(crate) started: Instant,
+}
+
+/// The requests in flight on one connection, each in a slot of its own from its beginning to
+/// its end: ending one drops its entry where it is (nothing moves), and a new one takes a
+/// free slot. The slot's index is the request's key.
+#[derive(Debug, Default)]
+pub(crate) struct InFlightList {
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl InFlightList {
+    fn insert(&mut self, request: InFlight) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(at) => {
+                self.slots[at] = Some(request);
+                at
+            }
+            None => {
+                self.slots.push(Some(request));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Ends the request in slot `at`; a slot already free is left as it is.
+    fn remove(&mut self, at: usize) {
+        if let Some(slot @ Some(_)) = self.slots.get_mut(at) {
+            *slot = None;
+            self.free.push(at);
+            self.len -= 1;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &InFlight> {
+        self.slots.iter().flatten()
+    }
 }
 
 /// How a request is named in the stuck-work report and the log: `http GET /path from
 /// 127.0.0.1:53412` (the path without its query, which may carry secrets).
-pub(crate) fn request_name(method: &Method, uri: &Uri, peer: &str) -> String {
-    format!("http {method} {} from {peer}", uri.path())
+pub(crate) fn request_name(method: &Method, path: Option<&PathAndQuery>, peer: &str) -> String {
+    let path = path.map_or("/", PathAndQuery::path);
+    format!("http {method} {path} from {peer}")
 }
 
 /// A request the cut ended: how it is named in the stuck-work report.
@@ -63,9 +112,9 @@ pub(crate) struct CutRequest {
 /// server's counters when it closes.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
-    /// Requests begun so far (and the next one's id).
+    /// Requests begun so far.
     next: u64,
-    pub(crate) list: Vec<InFlight>,
+    pub(crate) list: InFlightList,
     /// Set by the cut, under this lock: requests listed then are counted as cut.
     pub(crate) cut: bool,
     completed: u64,
@@ -169,31 +218,28 @@ impl ConnShared {
     }
 
     /// Lists a request as in flight; its id for [`finish`](Self::finish).
-    pub(crate) fn begin(&self, method: Method, uri: Uri, http2: bool) -> u64 {
+    /// Lists a request; returns its key for [`finish`](Self::finish).
+    pub(crate) fn begin(&self, method: Method, uri: &Uri, http2: bool) -> usize {
         if http2 {
             self.http2.store(true, Ordering::Relaxed);
         }
+        let request = InFlight {
+            method,
+            path: uri.path_and_query().cloned(),
+            started: Instant::now(),
+        };
         let mut requests = self.requests.lock();
-        let id = requests.next;
         requests.next += 1;
         if requests.folded {
             Cells::add(&self.server.counters.requests, 1);
         }
-        requests.list.push(InFlight {
-            id,
-            method,
-            uri,
-            started: Instant::now(),
-        });
-        id
+        requests.list.insert(request)
     }
 
     /// Unlists a request and counts how it ended, unless a cut already counted it.
-    pub(crate) fn finish(&self, id: u64, completed: bool) {
+    pub(crate) fn finish(&self, key: usize, completed: bool) {
         let mut requests = self.requests.lock();
-        if let Some(at) = requests.list.iter().position(|r| r.id == id) {
-            requests.list.swap_remove(at);
-        }
+        requests.list.remove(key);
         if !requests.cut {
             let counters = &self.server.counters;
             match (requests.folded, completed) {
@@ -266,7 +312,7 @@ impl ConnShared {
                 .list
                 .iter()
                 .map(|r| CutRequest {
-                    name: request_name(&r.method, &r.uri, &self.peer),
+                    name: request_name(&r.method, r.path.as_ref(), &self.peer),
                     age: now.saturating_duration_since(r.started),
                 })
                 .collect()
@@ -489,5 +535,67 @@ pub(crate) async fn serve_connection<I, S, B>(
             error = %lifecycle_hooks::errors::chain(&*error),
             "connection ended with an error"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str) -> InFlight {
+        InFlight {
+            method: Method::GET,
+            path: Some(PathAndQuery::try_from(path).unwrap()),
+            started: Instant::now(),
+        }
+    }
+
+    fn paths(list: &InFlightList) -> Vec<&str> {
+        let mut paths: Vec<&str> = list
+            .iter()
+            .map(|r| r.path.as_ref().unwrap().path())
+            .collect();
+        paths.sort_unstable();
+        paths
+    }
+
+    #[test]
+    fn ended_requests_leave_the_list_and_their_slots_are_reused() {
+        let mut list = InFlightList::default();
+        let a = list.insert(request("/a"));
+        let b = list.insert(request("/b"));
+        let c = list.insert(request("/c"));
+        assert_eq!((list.len(), paths(&list)), (3, vec!["/a", "/b", "/c"]));
+        list.remove(b);
+        assert_eq!((list.len(), paths(&list)), (2, vec!["/a", "/c"]));
+        // A second removal of a free slot changes nothing.
+        list.remove(b);
+        assert_eq!(list.len(), 2);
+        let d = list.insert(request("/d"));
+        assert_eq!(d, b, "the free slot is reused");
+        assert_eq!(paths(&list), vec!["/a", "/c", "/d"]);
+        list.remove(a);
+        list.remove(c);
+        list.remove(d);
+        assert!(list.is_empty() && list.iter().next().is_none());
+        assert_eq!(
+            list.slots.len(),
+            3,
+            "never more slots than requests at once"
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_path_is_named_by_the_root() {
+        assert_eq!(
+            request_name(&Method::POST, None, "127.0.0.1:9"),
+            "http POST / from 127.0.0.1:9"
+        );
+        let path = PathAndQuery::from_static("/orders?token=secret");
+        assert_eq!(
+            request_name(&Method::GET, Some(&path), "127.0.0.1:9"),
+            "http GET /orders from 127.0.0.1:9",
+            "the query, which may carry secrets, is left out"
+        );
     }
 }

@@ -22,12 +22,12 @@ use axum::serve::Listener;
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use lifecycle_hooks::{HookContext, HookSpec, LifecycleHandle, Phase};
+use lifecycle_hooks::{HookContext, HookSpec, LifecycleHandle, Phase, WorkSource};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{ConnShared, serve_connection};
+use crate::connection::{ConnShared, request_name, serve_connection};
 use crate::counters::{Cells, Counters};
 use crate::errors::HttpError;
 use crate::service::RequestService;
@@ -350,6 +350,29 @@ pub(crate) struct Shared {
     halted: AtomicBool,
 }
 
+/// The requests in flight on every open connection, named `http GET /path from peer`, for the
+/// lifecycle's snapshot, state dump and stuck-work report. Naming them here, when asked, costs
+/// the request path no string and no shared lock.
+impl WorkSource for Shared {
+    fn for_each(&self, item: &mut dyn FnMut(String, tokio::time::Instant)) {
+        // Copied out first: the connections' lock is not held while each one's is taken.
+        let connections: Vec<Arc<ConnShared>> = self.connections.lock().values().cloned().collect();
+        for conn in connections {
+            let requests = conn.requests.lock();
+            if requests.cut {
+                // Counted and reported by the cut already.
+                continue;
+            }
+            for request in requests.list.iter() {
+                item(
+                    request_name(&request.method, request.path.as_ref(), &conn.peer),
+                    request.started,
+                );
+            }
+        }
+    }
+}
+
 impl Shared {
     fn bound(&self) -> &Bound {
         self.bound
@@ -440,6 +463,9 @@ impl Inner {
         if self.shared.bound.set(bound).is_err() {
             unreachable!("`started` lets the start hook through once");
         }
+        // Requests are counted by plain work guards and named only when a snapshot or the
+        // stuck-work report asks (see `WorkSource for Shared`).
+        ctx.handle().work_source(&self.shared);
         self.shared.tasks.spawn(start(Arc::clone(&self.shared)));
         tracing::info!(server = %self.shared.name, "HTTP server accepting");
         Ok(())

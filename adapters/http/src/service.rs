@@ -20,28 +20,29 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use crate::body::ResponseBody;
-use crate::connection::{ConnShared, request_name};
+use crate::connection::ConnShared;
 use crate::draining::Draining;
 
 /// One request in flight: a lifecycle work item, listed on its connection until dropped.
 pub(crate) struct RequestGuard {
     conn: Arc<ConnShared>,
-    id: u64,
+    /// Its place in the connection's list.
+    key: usize,
     completed: bool,
     _work: WorkGuard,
 }
 
 impl RequestGuard {
     fn begin<T>(conn: &Arc<ConnShared>, request: &Request<T>) -> Self {
-        // Named, so a request still running at the drain deadline appears in the lifecycle's
-        // stuck-work report (`Outcome::stuck_work`) as `http GET /path from 127.0.0.1:53412`.
-        let name = request_name(request.method(), request.uri(), &conn.peer);
-        let work = conn.server.handle().work_guard_named(name);
+        // Listed on its connection, so a request still running at the drain deadline appears
+        // in the lifecycle's stuck-work report (`Outcome::stuck_work`) as
+        // `http GET /path from 127.0.0.1:53412`: the server is the lifecycle's `WorkSource`.
+        let work = conn.server.handle().work_guard();
         let http2 = request.version() == http::Version::HTTP_2;
-        let id = conn.begin(request.method().clone(), request.uri().clone(), http2);
+        let key = conn.begin(request.method().clone(), request.uri(), http2);
         RequestGuard {
             conn: Arc::clone(conn),
-            id,
+            key,
             completed: false,
             _work: work,
         }
@@ -55,7 +56,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.conn.finish(self.id, self.completed);
+        self.conn.finish(self.key, self.completed);
     }
 }
 
@@ -93,7 +94,7 @@ where
         {
             return ResponseFuture {
                 call: None,
-                ready: Some(readiness(server.handle().is_ready())),
+                ready: Some(server.handle().is_ready()),
                 guard: Some(guard),
                 http1,
                 head,
@@ -138,7 +139,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct ResponseFuture<S: tower::Service<Request<Incoming>>, B> {
         #[pin]
         call: Option<Oneshot<S, Request<Incoming>>>,
-        ready: Option<Response<Full<Bytes>>>,
+        // The readiness route's answer, built when polled: a response here would make every
+        // request's future (moved several times by hyper) a hundred bytes larger.
+        ready: Option<bool>,
         guard: Option<RequestGuard>,
         http1: bool,
         // hyper never polls the body of a response to HEAD.
@@ -163,7 +166,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = match this.ready.take() {
-            Some(response) => response.map(Either::Right),
+            Some(ready) => readiness(ready).map(Either::Right),
             None => {
                 let call = this
                     .call

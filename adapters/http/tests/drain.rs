@@ -376,6 +376,23 @@ async fn handlers_that_ignore_the_drain_are_cut_counted_and_named() {
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "first\n");
     assert_eq!(running.handle.in_flight(), 2);
+    // While they run, the lifecycle's snapshot (and `SIGTTIN` dump) names both: the server is
+    // its work source, the requests plain guards.
+    let mut listed: Vec<String> = running
+        .handle
+        .snapshot()
+        .work
+        .into_iter()
+        .map(|item| item.name)
+        .collect();
+    listed.sort();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for (name, path) in listed.iter().zip(["/stream", "/stuck"]) {
+        assert!(
+            name.starts_with(&format!("http GET {path} from 127.0.0.1:")),
+            "{name}"
+        );
+    }
 
     let stopped = Instant::now();
     running.handle.stop();
