@@ -1,4 +1,5 @@
-//! Work sources: work counted by plain guards and named only when a snapshot asks.
+//! Work sources (work counted by plain guards and named only when a snapshot asks), and every
+//! way tracked work leaves the count.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,5 +142,67 @@ fn snapshots_from_other_threads_race_the_source_and_the_phases() {
         assert_eq!(handle.snapshot().work.len(), 2_000);
         handle.stop();
         assert_eq!(run.await.unwrap().exit_code(), 0);
+    });
+}
+
+/// Every way tracked work can end leaves the count: an aborted spawned task, a `track`ed future
+/// dropped unpolled, a guard dropped on another OS thread, tasks spawned from other threads
+/// through the runtime's handle. The stop then ends clean, not forced.
+#[test]
+fn every_way_work_ends_leaves_the_count_and_the_stop_is_clean() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let lifecycle = testing::builder()
+            .budget(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let handle = lifecycle.handle();
+        let aborted = handle.spawn(std::future::pending::<()>());
+        let unpolled = handle.track(std::future::pending::<()>());
+        let guard = handle.work_guard();
+        let rt = tokio::runtime::Handle::current();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let handle = handle.clone();
+                let rt = rt.clone();
+                std::thread::spawn(move || {
+                    let _entered = rt.enter();
+                    (0..250)
+                        .map(|i| handle.spawn(async move { i }))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut joins = Vec::new();
+        for thread in threads {
+            joins.extend(thread.join().unwrap());
+        }
+        assert!(handle.in_flight() >= 3, "{}", handle.in_flight());
+        let mut sum = 0;
+        for join in joins {
+            sum += join
+                .await
+                .unwrap()
+                .expect("not cancelled: it finished before any stop");
+        }
+        assert_eq!(sum, 4 * (0..250).sum::<i32>());
+        assert_eq!(
+            handle.in_flight(),
+            3,
+            "the thousand spawned tasks have left the count"
+        );
+        aborted.abort();
+        assert!(aborted.await.unwrap_err().is_cancelled());
+        drop(unpolled);
+        std::thread::spawn(move || drop(guard)).join().unwrap();
+        assert_eq!(handle.in_flight(), 0);
+        handle.stop();
+        let outcome = lifecycle.run().await;
+        assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
+        assert!(!outcome.forced());
     });
 }
