@@ -9,6 +9,15 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// A source listing what the test puts in it.
+/// A 2-worker runtime: real OS threads, as users run the library.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[derive(Default)]
 struct Listed(Mutex<Vec<(String, Instant)>>);
 
@@ -108,12 +117,7 @@ async fn a_dropped_source_is_no_longer_listed() {
 /// deadlock (the lifecycle holds none of its locks while the source runs).
 #[test]
 fn snapshots_from_other_threads_race_the_source_and_the_phases() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    two_workers().block_on(async {
         let lifecycle = testing::builder().build().unwrap();
         let handle = lifecycle.handle();
         let listed = Arc::new(Listed::default());
@@ -150,12 +154,7 @@ fn snapshots_from_other_threads_race_the_source_and_the_phases() {
 /// through the runtime's handle. The stop then ends clean, not forced.
 #[test]
 fn every_way_work_ends_leaves_the_count_and_the_stop_is_clean() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    two_workers().block_on(async {
         let lifecycle = testing::builder()
             .budget(Duration::from_secs(30))
             .build()
