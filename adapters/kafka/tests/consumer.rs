@@ -768,3 +768,52 @@ async fn eager_revocation_waits_for_in_flight_and_loses_nothing() {
     );
     assert_eq!(a.stats().handed_back, 0, "{:?}", a.stats());
 }
+
+/// A handler that panics fails its message (counted, its offset committed: the consumer moves
+/// past it, as for an error), and the partition goes on in order with the messages after it,
+/// also those its slot had already taken with it (a slot takes a run of its partition's
+/// buffered messages at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_message_and_its_partition_goes_on_in_order() {
+    let broker = Broker::mock();
+    let topic = broker.topic("in", 1).await;
+    seed(&broker, &topic, 1, 200).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let consumer = consumer(&broker, "g-panic", &topic)
+        .concurrency(2)
+        .build(move |message, _| {
+            let seen_tx = seen_tx.clone();
+            let offset = message.offset();
+            let _ = seen_tx.send(offset);
+            if offset == 3 || offset == 150 {
+                panic!("the handler panics at offset {offset}");
+            }
+            async move { Ok::<(), BoxError>(()) }
+        })
+        .expect("a consumer");
+    let (handle, run) = launch(&consumer);
+    let mut all = Vec::new();
+    while all.len() < 200 {
+        match tokio::time::timeout(Duration::from_secs(30), seen.recv()).await {
+            Ok(Some(offset)) => all.push(offset),
+            _ => panic!(
+                "only {} of 200 messages arrived in 30 s: {all:?}",
+                all.len()
+            ),
+        }
+    }
+    handle.stop();
+    let outcome = run.await.expect("the run ends");
+    // Each message exactly once, in offset order: the panics lost and reordered nothing.
+    assert_eq!(all, (0..200).collect::<Vec<i64>>());
+    let s = consumer.stats();
+    assert_eq!((s.fetched, s.processed, s.failed), (200, 198, 2), "{s:?}");
+    assert_eq!(s.committed, 200, "{s:?}");
+    // The core's policy: tracked work that panicked makes the run a failure.
+    assert_eq!(outcome.exit_code(), 1, "{outcome}");
+    assert_eq!(
+        outcome.failures(),
+        vec!["2 tracked task(s) panicked".to_owned()],
+        "{outcome}"
+    );
+}

@@ -75,15 +75,16 @@ impl ConsumerContext for PollContext {
             .fetch_add(revoked.len() as u64, Ordering::Relaxed);
         {
             let mut state = shared.lock();
+            let mut dropped = Vec::new();
             for key in &revoked {
-                if let Some(part) = state.parts.get_mut(key) {
-                    // Buffered messages were never started: dropped, redelivered to the next owner.
-                    part.queue.clear();
-                    part.ready = false;
-                    part.backpressure = false;
+                if let Some(part) = state.part_mut(key) {
+                    // Buffered messages were never started: dropped, redelivered to the next
+                    // owner; so is the rest of a run a slot holds (invariant 4).
+                    part.clear();
                 }
+                dropped.extend(state.find(key));
             }
-            state.ready.retain(|k| !revoked.contains(k));
+            state.ready.retain(|at| !dropped.contains(at));
         }
         // The revoked partitions' in-flight messages finish (bounded), then their offsets are
         // committed before librdkafka gives the partitions up.
@@ -99,7 +100,7 @@ impl ConsumerContext for PollContext {
         {
             let mut state = shared.lock();
             for key in &revoked {
-                let part = state.parts.entry(key.clone()).or_default();
+                let part = state.entry(key);
                 part.assigned = false;
                 part.generation += 1;
             }
@@ -126,7 +127,7 @@ impl ConsumerContext for PollContext {
         {
             let mut state = shared.lock();
             for key in &assigned {
-                let part = state.parts.entry(key.clone()).or_default();
+                let part = state.entry(key);
                 part.assigned = true;
                 part.uncommitted.clear();
                 part.stored_next = None;
@@ -238,6 +239,7 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
         tracing::debug!(target: "lifecycle_hooks_kafka", "Kafka consumer polling");
     }
     let mut close_requested = false;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         // Not `closing`: the final commit runs between the two, with the member still in
         // its group.
@@ -259,7 +261,6 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
             Some(Ok(message)) => {
                 // What librdkafka has ready goes over in one batch: one lock, one slot start
                 // per partition, not one per message.
-                let mut batch = Vec::with_capacity(BATCH);
                 batch.push(message.detach());
                 while batch.len() < BATCH {
                     match client.poll(Duration::ZERO) {
@@ -271,7 +272,7 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
                         None => break,
                     }
                 }
-                inner.on_messages(lifecycle, batch);
+                inner.on_messages(lifecycle, &mut batch);
             }
             Some(Err(error)) => {
                 tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error")
