@@ -28,7 +28,8 @@ pub(crate) type RebalanceCallback = dyn Fn(RebalanceEvent<'_>) + Send + Sync;
 pub enum RebalanceEvent<'a> {
     /// Partitions were assigned (after the assignment).
     Assigned(&'a [(String, i32)]),
-    /// Partitions are being revoked: their in-flight messages are about to be waited for and
+    /// Partitions are being revoked: no new message of theirs starts any more (their buffered
+    /// messages were dropped), and their in-flight messages are about to be waited for and
     /// committed.
     Revoking(&'a [(String, i32)]),
     /// Partitions were revoked: waited for, committed, given up.
@@ -66,9 +67,6 @@ impl ConsumerContext for PollContext {
             return;
         };
         let revoked = keys(tpl);
-        if let Some(callback) = &self.on_rebalance {
-            callback(RebalanceEvent::Revoking(&revoked));
-        }
         let shared = &*self.shared;
         shared
             .revoked
@@ -85,6 +83,11 @@ impl ConsumerContext for PollContext {
                 dropped.extend(state.find(key));
             }
             state.ready.retain(|at| !dropped.contains(at));
+        }
+        // Reported once no new message of these partitions can start (a slot checks before
+        // each message of its run): what the callback sees in flight is all that ends here.
+        if let Some(callback) = &self.on_rebalance {
+            callback(RebalanceEvent::Revoking(&revoked));
         }
         // The revoked partitions' in-flight messages finish (bounded), then their offsets are
         // committed before librdkafka gives the partitions up.
