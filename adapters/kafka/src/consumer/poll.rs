@@ -113,6 +113,7 @@ impl ConsumerContext for PollContext {
             tracing::warn!(target: "lifecycle_hooks_kafka", %error, "committing the revoked partitions failed: their next owner may process some messages again");
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?revoked, "Kafka partitions revoked");
+        shared.rebalance_served();
         if let Some(callback) = &self.on_rebalance {
             callback(RebalanceEvent::Revoked(&revoked));
         }
@@ -138,6 +139,7 @@ impl ConsumerContext for PollContext {
             }
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?assigned, "Kafka partitions assigned");
+        shared.rebalance_served();
         if let Some(callback) = &self.on_rebalance {
             callback(RebalanceEvent::Assigned(&assigned));
         }
@@ -162,6 +164,19 @@ impl ConsumerContext for PollContext {
             self.shared.committed_up_to(&covered);
         }
     }
+}
+
+/// Whether a commit was refused because the group's generation moved or is moving (a
+/// rebalance): once this member has served the rebalance, a commit can succeed again.
+pub(crate) fn refused_by_a_rebalance(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::UnknownMemberId
+        )
+    )
 }
 
 /// Commits `offsets` synchronously and counts what they covered. "Nothing to commit" is fine.

@@ -102,6 +102,9 @@ pub(crate) struct Part {
     pub(crate) uncommitted: VecDeque<i64>,
     /// The next offset to commit: the last ended message's offset + 1.
     pub(crate) stored_next: Option<i64>,
+    /// The highest offset a commit of this member covered (a successful one): whether a
+    /// final commit refused by a rebalance was made up for.
+    pub(crate) committed_next: Option<i64>,
     /// Ended messages whose offset is not yet stored into librdkafka (its background commit
     /// lags by these; the consumer's own commits use `stored_next`).
     pub(crate) unstored: u32,
@@ -126,6 +129,7 @@ impl Part {
             backpressure: false,
             uncommitted: VecDeque::new(),
             stored_next: None,
+            committed_next: None,
             unstored: 0,
             ready: false,
         }
@@ -192,6 +196,10 @@ pub(crate) struct Shared {
     pub(crate) room: Condvar,
     /// Notified when nothing runs any more: the close hook waits on it.
     pub(crate) idle: Notify,
+    /// Rebalance steps this member has served (a revocation or an assignment done), and the
+    /// notification of each: a final commit refused by a rebalance waits for one to retry.
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) rebalanced: Notify,
     pub(crate) concurrency: usize,
     pub(crate) buffer: usize,
     // Flags: SeqCst is unnecessary; each is set once and read under the state lock (which
@@ -218,6 +226,8 @@ impl Shared {
             ended: Condvar::new(),
             room: Condvar::new(),
             idle: Notify::new(),
+            rebalances: AtomicU64::new(0),
+            rebalanced: Notify::new(),
             concurrency: concurrency.max(1),
             buffer: buffer.max(1),
             intake_stopped: AtomicBool::new(false),
@@ -295,6 +305,7 @@ impl Shared {
         let mut state = self.lock();
         for (key, next) in offsets {
             if let Some(part) = state.part_mut(key) {
+                part.committed_next = part.committed_next.max(Some(*next));
                 while part.uncommitted.front().is_some_and(|o| o < next) {
                     part.uncommitted.pop_front();
                     covered += 1;
@@ -305,14 +316,43 @@ impl Shared {
         self.committed.fetch_add(covered, Ordering::Relaxed);
     }
 
-    /// The offsets to commit for `keys` (all partitions if `None`): the stored ones not yet
-    /// covered by a commit.
+    /// A rebalance step (a revocation or an assignment) is done.
+    pub(crate) fn rebalance_served(&self) {
+        // SeqCst, with the waiter's `Notified::enable` before its SeqCst read: one of the two
+        // sees the other (no lost wake-up).
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        self.rebalanced.notify_waiters();
+    }
+
+    /// Those of `offsets` whose partitions are assigned to this member now.
+    pub(crate) fn still_assigned(&self, offsets: &[(Key, i64)]) -> Vec<(Key, i64)> {
+        let state = self.lock();
+        offsets
+            .iter()
+            .filter(|(key, _)| state.find(key).is_some_and(|at| state.parts[at].assigned))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether commits of this member covered each of `offsets` (partition, next offset).
+    pub(crate) fn covered(&self, offsets: &[(Key, i64)]) -> bool {
+        let state = self.lock();
+        offsets.iter().all(|(key, next)| {
+            state
+                .find(key)
+                .is_some_and(|at| state.parts[at].committed_next >= Some(*next))
+        })
+    }
+
+    /// The offsets to commit for `keys` (the partitions assigned now if `None`): the stored
+    /// ones not yet covered by a commit. A partition revoked from this member is committed by
+    /// its revocation only: committing it later could move its new owner's offset back.
     pub(crate) fn to_commit(&self, keys: Option<&[Key]>) -> Vec<(Key, i64)> {
         let state = self.lock();
         state
             .parts
             .iter()
-            .filter(|p| keys.is_none_or(|keys| keys.contains(&p.key)))
+            .filter(|p| keys.map_or(p.assigned, |keys| keys.contains(&p.key)))
             .filter(|p| !p.uncommitted.is_empty())
             .filter_map(|p| Some((p.key.clone(), p.stored_next?)))
             .collect()
