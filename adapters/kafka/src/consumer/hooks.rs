@@ -59,10 +59,10 @@ impl Consumer {
     ///   rebalance (or after 3 s, librdkafka's default heartbeat interval, if it has heard of
     ///   none), for the partitions still assigned then. It fails (exit status 1) if the
     ///   commit fails otherwise, or if the offsets it had to commit are still not all
-    ///   committed after that ([`ConsumerCloseError::Commit`]). Order it before a producer's close
-    ///   with [`close_before`](crate::ConsumerBuilder::close_before). If it is skipped, the
-    ///   consumer is closed in the background and librdkafka commits the stored offsets as it
-    ///   closes.
+    ///   committed after that ([`ConsumerCloseError::Commit`]). Order it before a
+    ///   producer's close with [`close_before`](crate::ConsumerBuilder::close_before). If it
+    ///   is skipped, the consumer is closed in the background and librdkafka commits the
+    ///   stored offsets as it closes.
     ///
     /// Messages cut off at the drain deadline are not committed and are reported with
     /// [`LifecycleHandle::report_handed_back`] as `kafka <topic>/<partition>@<offset>`.

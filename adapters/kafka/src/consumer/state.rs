@@ -52,7 +52,8 @@ pub(crate) struct Live {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     /// Bumped (under the lock) each time the partition's buffered messages are dropped (at a
-    /// revocation): a slot that finds it changed drops the rest of its run (invariant 4).
+    /// revocation, and when intake stops): a slot that finds it changed drops the rest of its
+    /// run (invariant 4).
     /// Acquire/Release: the slot's check pairs with the bump; a slot that misses a bump by a
     /// hair has started one more message, which the revocation waits for like any in flight.
     pub(crate) cleared: AtomicU64,
