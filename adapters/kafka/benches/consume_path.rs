@@ -7,7 +7,13 @@
 //! synchronous commit at the end. Each run is a fresh consumer group reading the same
 //! pre-filled topic (4 partitions) from the beginning; the clock runs from the first message to
 //! the last, so the group join is not measured. Runs alternate raw / ours, and the medians are
-//! compared.
+//! compared. Two more figures, not sides of the comparison, are ceilings of the consumer's
+//! poll thread: a `BaseConsumer` polled on a thread of its own, each message copied out of
+//! librdkafka (`detach`, as the poll thread does before the hand-over) and dropped there, or
+//! handed over in batches to another thread that drops it (what any handler that owns the
+//! message off the poll thread implies).
+//!
+//! `CONSUME_PATH_ROUNDS=<n>` sets the number of rounds (default 3).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use lifecycle_hooks::testing;
 use lifecycle_hooks_kafka::rdkafka::ClientConfig;
-use lifecycle_hooks_kafka::rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use lifecycle_hooks_kafka::rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, StreamConsumer,
+};
+use lifecycle_hooks_kafka::rdkafka::message::OwnedMessage;
 use lifecycle_hooks_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use lifecycle_hooks_kafka::{Consumer, MockCluster};
 use tokio::sync::Notify;
@@ -84,6 +93,45 @@ async fn raw(cluster: &MockCluster, group: &str) -> Duration {
     took
 }
 
+/// The poll thread's ceiling: poll and detach on a thread of its own, nothing else. The copies
+/// are dropped on that thread, or, if `elsewhere`, handed over in batches of 256 (as the
+/// consumer's poll thread hands them to its slots) to a thread that drops them.
+async fn poll_detach(cluster: &MockCluster, group: &str, elsewhere: bool) -> Duration {
+    let consumer: BaseConsumer = config(cluster, group).create().expect("a consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribed");
+    tokio::task::spawn_blocking(move || {
+        let (hand_over, batches) = std::sync::mpsc::channel::<Vec<OwnedMessage>>();
+        let dropper = std::thread::spawn(move || batches.into_iter().for_each(drop));
+        let mut batch = Vec::with_capacity(256);
+        let mut first = None;
+        let mut seen = 0;
+        while seen < MESSAGES {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    first.get_or_insert_with(Instant::now);
+                    let copy = message.detach();
+                    seen += 1;
+                    if elsewhere {
+                        batch.push(copy);
+                        if batch.len() == 256 || seen == MESSAGES {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
+                            hand_over.send(full).expect("the dropping thread");
+                        }
+                    }
+                }
+                Some(Err(error)) => panic!("{error}"),
+                None => {}
+            }
+        }
+        let took = first.expect("messages").elapsed();
+        drop(hand_over);
+        dropper.join().expect("the dropping thread");
+        took
+    })
+    .await
+    .expect("the poll thread")
+}
+
 /// [`Consumer`] with a no-op handler under a lifecycle; stopped once every message was handled
 /// (its exit hook commits synchronously).
 async fn ours(cluster: &MockCluster, group: &str, buffer: usize) -> Duration {
@@ -144,8 +192,16 @@ fn main() {
         .expect("a runtime");
     let cluster = MockCluster::new(1).expect("a mock cluster");
     fill(&cluster);
-    let rounds = if quick { 1 } else { ROUNDS };
+    let rounds = if quick {
+        1
+    } else {
+        std::env::var("CONSUME_PATH_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(ROUNDS)
+    };
     let (mut raws, mut ourss, mut unpauseds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ceilings, mut handed_over) = (Vec::new(), Vec::new());
     runtime.block_on(async {
         for round in 0..rounds {
             // Alternate which side goes first.
@@ -157,23 +213,34 @@ fn main() {
                 ourss.push(ours(&cluster, &format!("ours-{round}"), DEFAULT_BUFFER).await);
             }
             unpauseds.push(ours(&cluster, &format!("unpaused-{round}"), NO_PAUSE).await);
+            ceilings.push(poll_detach(&cluster, &format!("poll-{round}"), false).await);
+            handed_over.push(poll_detach(&cluster, &format!("hand-{round}"), true).await);
             println!(
                 "round {round}: raw {:>9.0} msg/s, ours {:>9.0} msg/s, ours without backpressure \
-                 pauses {:>9.0} msg/s",
+                 pauses {:>9.0} msg/s, poll + detach alone {:>9.0} msg/s, poll + detach + \
+                 hand-over {:>9.0} msg/s",
                 rate(raws[round]),
                 rate(ourss[round]),
-                rate(unpauseds[round])
+                rate(unpauseds[round]),
+                rate(ceilings[round]),
+                rate(handed_over[round])
             );
         }
     });
     let (raw, ours, unpaused) = (median(raws), median(ourss), median(unpauseds));
+    let (ceiling, handed_over) = (median(ceilings), median(handed_over));
     println!(
         "median of {rounds}: raw StreamConsumer loop {:.0} msg/s, Consumer {:.0} msg/s (ratio \
-         {:.2}), Consumer without backpressure pauses {:.0} msg/s (ratio {:.2})",
+         {:.2}), Consumer without backpressure pauses {:.0} msg/s (ratio {:.2}), poll + detach \
+         alone {:.0} msg/s (ratio {:.2}), poll + detach + hand-over {:.0} msg/s (ratio {:.2})",
         rate(raw),
         rate(ours),
         rate(ours) / rate(raw),
         rate(unpaused),
-        rate(unpaused) / rate(raw)
+        rate(unpaused) / rate(raw),
+        rate(ceiling),
+        rate(ceiling) / rate(raw),
+        rate(handed_over),
+        rate(handed_over) / rate(raw)
     );
 }

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::errors::BuildError;
 
@@ -37,6 +38,11 @@ enum Command {
     BrokerDown(i32, mpsc::Sender<KafkaResult<()>>),
     BrokerUp(i32, mpsc::Sender<KafkaResult<()>>),
     CreateTopic(String, i32, mpsc::Sender<KafkaResult<()>>),
+    RequestErrors(
+        RDKafkaApiKey,
+        Vec<RDKafkaRespErr>,
+        mpsc::Sender<KafkaResult<()>>,
+    ),
 }
 
 impl MockCluster {
@@ -66,6 +72,10 @@ impl MockCluster {
                         Command::BrokerUp(id, reply) => reply.send(cluster.broker_up(id)),
                         Command::CreateTopic(topic, partitions, reply) => {
                             reply.send(cluster.create_topic(&topic, partitions, 1))
+                        }
+                        Command::RequestErrors(api_key, errors, reply) => {
+                            cluster.request_errors(api_key, &errors);
+                            reply.send(Ok(()))
                         }
                     };
                 }
@@ -125,6 +135,21 @@ impl MockCluster {
     /// An error from librdkafka, e.g. if the topic exists.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> KafkaResult<()> {
         self.call(|reply| Command::CreateTopic(topic.to_owned(), partitions, reply))
+    }
+
+    /// Makes the cluster answer the next requests of `api_key` with `errors`, one request
+    /// each, in order (librdkafka's `rd_kafka_mock_push_request_errors`): to test how a
+    /// client handles them.
+    ///
+    /// # Errors
+    ///
+    /// If the cluster's thread is gone.
+    pub fn push_request_errors(
+        &self,
+        api_key: RDKafkaApiKey,
+        errors: &[RDKafkaRespErr],
+    ) -> KafkaResult<()> {
+        self.call(|reply| Command::RequestErrors(api_key, errors.to_vec(), reply))
     }
 
     fn call(

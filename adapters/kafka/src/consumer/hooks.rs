@@ -8,12 +8,35 @@ use std::time::Duration;
 use lifecycle_hooks::{HookContext, HookSpec, LifecycleHandle, Phase};
 use rdkafka::consumer::Consumer as _;
 
-use super::poll::{PollThread, commit};
+use super::poll::{PollThread, commit, refused_by_a_rebalance};
 use super::{Consumer, Inner};
 use crate::errors::{ConsumerCloseError, SubscribeError};
 
 /// How long the close waits when its hook has no deadline (in `exit` it has one).
 const DEFAULT_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a final commit refused by a rebalance waits for this member to serve a rebalance
+/// step before it tries again anyway (within the hook's own deadline): librdkafka's default
+/// heartbeat interval, in which a member hears that its group rebalances.
+const REBALANCE_WAIT: Duration = Duration::from_secs(3);
+
+/// Commits `offsets` on a thread of its own (librdkafka's synchronous commit blocks).
+async fn commit_on_a_thread(
+    inner: &Arc<Inner>,
+    offsets: Vec<(super::state::Key, i64)>,
+) -> rdkafka::error::KafkaResult<()> {
+    let inner = Arc::clone(inner);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kafka-consumer-commit".into())
+        .spawn(move || {
+            let _ = reply.send(commit(&inner.client, &inner.shared, &offsets));
+        })
+        .expect("the operating system starts a thread for the Kafka commit");
+    answer
+        .await
+        .expect("the commit thread answers (committing does not panic)")
+}
 
 impl Consumer {
     /// The consumer's hooks, to add with `Builder::hooks`:
@@ -30,11 +53,16 @@ impl Consumer {
     ///   (`close_consumer`), the teardown of the startup hook: waits for messages still ending,
     ///   commits the offsets of processed and failed messages **synchronously**, then closes
     ///   the consumer (it leaves the group, unless it is a [static
-    ///   member](crate::ConsumerBuilder::static_member)). It fails (exit status 1) if the
-    ///   commit fails ([`ConsumerCloseError::Commit`]). Order it before a producer's close
-    ///   with [`close_before`](crate::ConsumerBuilder::close_before). If it is skipped, the
-    ///   consumer is closed in the background and librdkafka commits the stored offsets as it
-    ///   closes.
+    ///   member](crate::ConsumerBuilder::static_member)). A commit refused by a rebalance
+    ///   (`IllegalGeneration`, `RebalanceInProgress`, `UnknownMemberId`: the group's
+    ///   generation moved under it) is made once more when the poll thread has served the
+    ///   rebalance (or after 3 s, librdkafka's default heartbeat interval, if it has heard of
+    ///   none), for the partitions still assigned then. It fails (exit status 1) if the
+    ///   commit fails otherwise, or if the offsets it had to commit are still not all
+    ///   committed after that ([`ConsumerCloseError::Commit`]). Order it before a
+    ///   producer's close with [`close_before`](crate::ConsumerBuilder::close_before). If it
+    ///   is skipped, the consumer is closed in the background and librdkafka commits the
+    ///   stored offsets as it closes.
     ///
     /// Messages cut off at the drain deadline are not committed and are reported with
     /// [`LifecycleHandle::report_handed_back`] as `kafka <topic>/<partition>@<offset>`.
@@ -132,21 +160,38 @@ impl Consumer {
                 break;
             }
         }
-        // The final commit, synchronous, before the consumer leaves the group.
+        // The final commit, synchronous, before the consumer leaves the group. Refused by a
+        // rebalance (the group's generation moved under it), it is made once more, once this
+        // member has served a rebalance step since the first try or `REBALANCE_WAIT` has
+        // passed, for those partitions still assigned then; it succeeded if commits of this
+        // member (that one, or a revocation's meanwhile) covered every offset of the first try.
+        let served = inner.shared.rebalances.load(Ordering::SeqCst);
         let offsets = inner.shared.to_commit(None);
-        let committed = {
-            let inner = Arc::clone(inner);
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("kafka-consumer-commit".into())
-                .spawn(move || {
-                    let _ = reply.send(commit(&inner.client, &inner.shared, &offsets));
-                })
-                .expect("the operating system starts a thread for the Kafka commit");
-            answer
-                .await
-                .expect("the commit thread answers (committing does not panic)")
-        };
+        let mut committed = commit_on_a_thread(inner, offsets.clone()).await;
+        if let Err(error) = &committed {
+            if refused_by_a_rebalance(error) {
+                tracing::info!(target: "lifecycle_hooks_kafka", group = %inner.group, %error, "the final commit met a rebalance: committing again once this member has served it");
+                let wait = deadline.min(tokio::time::Instant::now() + REBALANCE_WAIT);
+                loop {
+                    let rebalanced = inner.shared.rebalanced.notified();
+                    let mut rebalanced = std::pin::pin!(rebalanced);
+                    rebalanced.as_mut().enable();
+                    if inner.shared.rebalances.load(Ordering::SeqCst) != served {
+                        break;
+                    }
+                    if tokio::time::timeout_at(wait, rebalanced).await.is_err() {
+                        break;
+                    }
+                }
+                let again = inner.shared.still_assigned(&offsets);
+                let retried = commit_on_a_thread(inner, again).await;
+                if inner.shared.covered(&offsets) {
+                    committed = Ok(());
+                } else if let Err(error) = retried {
+                    committed = Err(error);
+                }
+            }
+        }
         let done = inner.begin_close();
         let closed = match done {
             Some(done) => tokio::time::timeout_at(deadline, done).await.is_ok(),

@@ -8,6 +8,7 @@ mod poll;
 mod state;
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +33,7 @@ pub use poll::RebalanceEvent;
 pub use state::ConsumerStats;
 
 use poll::{PollContext, PollThread};
-use state::{Key, Shared, State};
+use state::{Key, Live, RUN, Shared, State};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
@@ -172,72 +173,104 @@ impl Consumer {
 const BACKPRESSURE_BLOCK: Duration = Duration::from_millis(500);
 
 /// At most this many ended messages of a partition wait for their offset to be stored into
-/// librdkafka while a slot runs the partition's messages back to back (see `Inner::end`).
+/// librdkafka while slots run the partition's runs back to back (see `Inner::end_run`).
 const STORE_EVERY: u32 = 64;
 
-/// A message taken for a slot: its partition, the partition's generation, the message.
-struct Job {
-    key: Key,
+/// A run of one partition's messages, held by a slot: the partition, its generation and
+/// `Live::cleared` when the run was taken, the messages not started yet, and the offsets of
+/// the ones that ended (processed or failed), recorded when the run ends (invariant 3).
+struct Run {
+    part: usize,
+    live: Arc<Live>,
     generation: u64,
-    message: OwnedMessage,
+    cleared: u64,
+    messages: VecDeque<OwnedMessage>,
+    ended: Vec<i64>,
 }
 
-/// Dispatch: called with messages from the poll thread, and by the slots as messages end.
+impl Run {
+    /// The next message of the run, unless intake stopped or the partition's buffered
+    /// messages were dropped since the run was taken (invariant 4): then the rest is dropped.
+    fn next(&mut self, shared: &Shared) -> Option<OwnedMessage> {
+        // Acquire: pairs with `Part::clear`'s Release bump.
+        if !shared.open() || self.live.cleared.load(Ordering::Acquire) != self.cleared {
+            self.messages.clear();
+            return None;
+        }
+        self.messages.pop_front()
+    }
+}
+
+/// Dispatch: called with messages from the poll thread, and by the slots as runs end.
 ///
-/// A *slot* is one task that runs messages one after another: at the end of a message it
-/// takes the next one under the same lock acquisition that records the end (its own
-/// partition's next message, or the oldest waiting partition's), so a busy consumer spawns no
-/// task per message. A slot ends when nothing is waiting; at most `concurrency` run.
+/// A *slot* is one task that runs messages one after another. It takes a run of its
+/// partition's buffered messages at once (invariant 1) and, at the end of the run, takes the
+/// next run under the same lock acquisition that records the end of the last (its own
+/// partition's, or the oldest waiting partition's), so a busy consumer spawns no task per
+/// message and takes the lock once per run, not per message. A slot ends when nothing is
+/// waiting; at most `concurrency` run.
 impl Inner {
     /// A batch of messages from the poll thread, in fetch order: buffered on their partitions,
-    /// and slots started while fewer than `concurrency` run (invariants 1 and 4).
-    fn on_messages(self: &Arc<Self>, lifecycle: &LifecycleHandle, messages: Vec<OwnedMessage>) {
+    /// and slots started while fewer than `concurrency` run (invariants 1 and 4). `messages`
+    /// is left empty, for the next batch.
+    fn on_messages(
+        self: &Arc<Self>,
+        lifecycle: &LifecycleHandle,
+        messages: &mut Vec<OwnedMessage>,
+    ) {
         let shared = &*self.shared;
         let mut state = shared.lock();
         // Checked under the lock: `stop_intake` sets the flag, then clears under the lock.
         if !shared.open() {
+            messages.clear();
             return;
         }
         let mut full = Vec::new();
         {
-            let State { parts, ready, .. } = &mut *state;
-            // Messages come in runs per partition: the key is built once per run.
-            let mut key: Option<Key> = None;
-            for message in messages {
-                let same = key
-                    .as_ref()
-                    .is_some_and(|(t, p)| t == message.topic() && *p == message.partition());
+            let State {
+                parts,
+                ready,
+                index,
+                ..
+            } = &mut *state;
+            // Messages come in runs per partition: the partition is looked up once per run.
+            let mut at: Option<usize> = None;
+            for message in messages.drain(..) {
+                let same = at.is_some_and(|at| {
+                    let key = &parts[at].key;
+                    key.1 == message.partition() && key.0 == message.topic()
+                });
                 if !same {
-                    key = Some((message.topic().to_owned(), message.partition()));
+                    at = index
+                        .get(&(message.topic().to_owned(), message.partition()))
+                        .copied();
                 }
-                let Some(key) = key.as_ref() else { continue };
-                let Some(part) = parts.get_mut(key) else {
-                    continue;
-                };
+                let Some(at) = at else { continue };
+                let part = &mut parts[at];
                 if !part.assigned {
                     continue;
                 }
                 part.queue.push_back(message);
-                if part.queue.len() >= shared.buffer && !full.contains(key) {
-                    full.push(key.clone());
+                if part.queue.len() >= shared.buffer && !full.contains(&at) {
+                    full.push(at);
                 }
-                if part.in_flight.is_none() && !part.ready {
+                if !part.in_flight && !part.ready {
                     part.ready = true;
-                    ready.push_back(key.clone());
+                    ready.push_back(at);
                 }
             }
         }
         let mut resume = Vec::new();
-        let mut jobs = Vec::new();
-        while let Some(job) = self.next_job(&mut state, &mut resume) {
-            jobs.push(job);
+        let mut runs = Vec::new();
+        while let Some(at) = self.next_ready(&mut state) {
+            runs.push(self.take_run(&mut state, at, &mut resume, None));
         }
         if !resume.is_empty() {
             self.resume(&resume);
         }
         drop(state);
-        for job in jobs {
-            self.spawn_slot(lifecycle, job);
+        for run in runs {
+            self.spawn_slot(lifecycle, run);
         }
         self.wait_room(&full);
     }
@@ -247,7 +280,7 @@ impl Inner {
     /// (librdkafka keeps what it prefetched), at most [`BACKPRESSURE_BLOCK`]; the partitions
     /// still full then are paused, so a slow handler does not keep the thread from serving the
     /// group's callbacks (a pause makes librdkafka drop its prefetch and fetch it again).
-    fn wait_room(&self, full: &[Key]) {
+    fn wait_room(&self, full: &[usize]) {
         if full.is_empty() {
             return;
         }
@@ -259,26 +292,20 @@ impl Inner {
             if !shared.open() {
                 return;
             }
-            let over = |state: &State, key: &Key| {
-                state
-                    .parts
-                    .get(key)
-                    .is_some_and(|p| p.assigned && p.queue.len() > low)
+            let over = |state: &State, at: usize| {
+                let part = &state.parts[at];
+                part.assigned && part.queue.len() > low
             };
-            if !full.iter().any(|key| over(&state, key)) {
+            if !full.iter().any(|&at| over(&state, at)) {
                 return;
             }
             let now = Instant::now();
             if now >= deadline {
                 let mut pause = Vec::new();
-                for key in full {
-                    if over(&state, key) {
-                        if let Some(part) = state.parts.get_mut(key) {
-                            if !part.backpressure {
-                                part.backpressure = true;
-                                pause.push(key.clone());
-                            }
-                        }
+                for &at in full {
+                    if over(&state, at) && !state.parts[at].backpressure {
+                        state.parts[at].backpressure = true;
+                        pause.push(state.parts[at].key.clone());
                     }
                 }
                 // Paused and resumed under the lock, so a pause and the resume that ends it
@@ -287,168 +314,212 @@ impl Inner {
                 self.pause(&pause);
                 return;
             }
+            state.room_waiters += 1;
             state = shared
                 .room
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
+            state.room_waiters -= 1;
         }
     }
 
-    /// Takes the oldest waiting partition's next message for a free slot (counted in
-    /// `running`), if intake is open, a slot is free and a partition waits.
-    fn next_job(&self, state: &mut State, resume: &mut Vec<Key>) -> Option<Job> {
-        if !self.shared.open() {
+    /// The oldest waiting partition with buffered messages, if intake is open and a slot is
+    /// free.
+    fn next_ready(&self, state: &mut State) -> Option<usize> {
+        if !self.shared.open() || state.running >= self.shared.concurrency {
             return None;
         }
-        while state.running < self.shared.concurrency {
-            let key = state.ready.pop_front()?;
-            let Some(part) = state.parts.get_mut(&key) else {
-                continue;
-            };
+        while let Some(at) = state.ready.pop_front() {
+            let part = &mut state.parts[at];
             part.ready = false;
-            let Some(message) = part.queue.pop_front() else {
-                continue;
-            };
-            part.in_flight = Some(message.offset());
-            if part.queue.len() == self.shared.buffer / 2 {
-                // The poll thread may wait for this partition's buffer to come down to here.
-                self.shared.room.notify_one();
+            if !part.queue.is_empty() {
+                return Some(at);
             }
-            if part.queue.is_empty() && part.backpressure {
-                part.backpressure = false;
-                if part.assigned {
-                    resume.push(key.clone());
-                }
-            }
-            let generation = part.generation;
-            state.running += 1;
-            return Some(Job {
-                key,
-                generation,
-                message,
-            });
         }
         None
     }
 
-    /// Spawns a slot running `job`, then whatever it takes next, as tracked work.
-    fn spawn_slot(self: &Arc<Self>, lifecycle: &LifecycleHandle, job: Job) {
+    /// Takes a run of partition `at` (from [`next_ready`](Self::next_ready)) for a slot,
+    /// counted in `running`; `reuse` lends its buffers.
+    fn take_run(
+        &self,
+        state: &mut State,
+        at: usize,
+        resume: &mut Vec<Key>,
+        reuse: Option<&mut Run>,
+    ) -> Run {
+        let low = self.shared.buffer / 2;
+        let part = &mut state.parts[at];
+        let before = part.queue.len();
+        let take = before.min(RUN);
+        let (mut messages, ended) = match reuse {
+            Some(run) => (
+                std::mem::take(&mut run.messages),
+                std::mem::take(&mut run.ended),
+            ),
+            None => (VecDeque::with_capacity(take), Vec::with_capacity(take)),
+        };
+        messages.extend(part.queue.drain(..take));
+        part.in_flight = true;
+        let after = part.queue.len();
+        if after == 0 && part.backpressure {
+            part.backpressure = false;
+            if part.assigned {
+                resume.push(part.key.clone());
+            }
+        }
+        let run = Run {
+            part: at,
+            live: Arc::clone(&part.live),
+            generation: part.generation,
+            // Read under the lock, where every bump happens.
+            cleared: part.live.cleared.load(Ordering::Relaxed),
+            messages,
+            ended,
+        };
+        state.running += 1;
+        if before > low && after <= low && state.room_waiters > 0 {
+            // The poll thread waits for this partition's buffer to come down to here.
+            self.shared.room.notify_one();
+        }
+        run
+    }
+
+    /// Spawns a slot running `run`, then whatever it takes next, as tracked work.
+    fn spawn_slot(self: &Arc<Self>, lifecycle: &LifecycleHandle, run: Run) {
         let inner = Arc::clone(self);
         let handle = lifecycle.clone();
-        lifecycle.spawn(async move { inner.run_slot(handle, job).await });
+        lifecycle.spawn(async move { inner.run_slot(handle, run).await });
     }
 
     /// A slot: runs messages until none waits for it. A message is named lifecycle work
     /// (`kafka <topic>/<partition>@<offset>`, in the state dump and the stuck-work report) from
     /// its handler's first `Pending` on: a handler that completes at its first poll never
     /// waits, so it is never seen running, and is not registered by name.
-    async fn run_slot(self: Arc<Self>, lifecycle: LifecycleHandle, mut job: Job) {
+    async fn run_slot(self: Arc<Self>, lifecycle: LifecycleHandle, run: Run) {
+        let mut slot = Slot {
+            inner: &self,
+            lifecycle: &lifecycle,
+            run,
+            current: None,
+            done: false,
+        };
         loop {
-            self.shared.fetched.fetch_add(1, Ordering::Relaxed);
-            let offset = job.message.offset();
-            let mut ending = Ending {
-                inner: &self,
-                lifecycle: &lifecycle,
-                key: Some(job.key),
-                generation: job.generation,
-                offset,
-                result: None,
-            };
-            let mut run = (self.handler)(job.message, lifecycle.clone());
-            let result = match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
-                Poll::Ready(result) => result,
-                Poll::Pending => {
-                    let key = ending.key.as_ref().expect("set above");
-                    let _named =
-                        lifecycle.work_guard_named(format!("kafka {}/{}@{offset}", key.0, key.1));
-                    run.await
-                }
-            };
-            if let Err(error) = &result {
-                let key = ending.key.as_ref().expect("set above");
-                tracing::warn!(
-                    target: "lifecycle_hooks_kafka",
-                    topic = %key.0, partition = key.1, offset,
-                    error = %error,
-                    "Kafka message handler failed; moving past the message"
-                );
+            while let Some(message) = slot.run.next(&self.shared) {
+                let offset = message.offset();
+                slot.current = Some(offset);
+                slot.run.live.offset.store(offset, Ordering::Relaxed);
+                self.shared.fetched.fetch_add(1, Ordering::Relaxed);
+                let mut future = (self.handler)(message, lifecycle.clone());
+                let result =
+                    match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            let live = &slot.run.live;
+                            let _named = lifecycle.work_guard_named(format!(
+                                "kafka {}/{}@{offset}",
+                                live.topic, live.partition
+                            ));
+                            future.await
+                        }
+                    };
+                match result {
+                    Ok(()) => self.shared.processed.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        let live = &slot.run.live;
+                        tracing::warn!(
+                            target: "lifecycle_hooks_kafka",
+                            topic = %live.topic, partition = live.partition, offset,
+                            error = %error,
+                            "Kafka message handler failed; moving past the message"
+                        );
+                        self.shared.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                slot.current = None;
+                slot.run.ended.push(offset);
             }
-            ending.result = Some(result.is_ok());
-            let key = ending.key.take().expect("set above");
-            let (generation, ok) = (ending.generation, result.is_ok());
-            drop(ending);
-            match self.end(&lifecycle, key, generation, offset, Some(ok), true) {
-                Some(next) => job = next,
-                None => return,
+            if !self.end_run(&lifecycle, &mut slot.run, None, true) {
+                slot.done = true;
+                return;
             }
         }
     }
 
-    /// A message ended (`Some(ok)`), or was cut off (`None`): count it, store its offset if it
-    /// ended, and give its slot the next message — returned if `keep_slot` (the slot goes on),
-    /// else started in a new slot. Other free slots are filled too.
-    fn end(
+    /// A run ended — all its messages ended, or the rest was dropped, or (from `Slot`'s drop)
+    /// the slot was cut off (`cut`: the offset handed back) or unwound. Records the ended
+    /// offsets and frees the partition; if `keep_slot`, takes the slot's next run into `run`
+    /// and returns whether there was one; other free slots are filled with new slots.
+    fn end_run(
         self: &Arc<Self>,
         lifecycle: &LifecycleHandle,
-        key: Key,
-        generation: u64,
-        offset: i64,
-        result: Option<bool>,
+        run: &mut Run,
+        cut: Option<i64>,
         keep_slot: bool,
-    ) -> Option<Job> {
+    ) -> bool {
         let shared = &*self.shared;
-        match result {
-            Some(true) => shared.processed.fetch_add(1, Ordering::Relaxed),
-            Some(false) => shared.failed.fetch_add(1, Ordering::Relaxed),
-            None => shared.handed_back.fetch_add(1, Ordering::Relaxed),
-        };
         let mut state = shared.lock();
         state.running -= 1;
-        let mut store = false;
-        if let Some(part) = state.parts.get_mut(&key) {
-            part.in_flight = None;
-            if result.is_some() && part.assigned && part.generation == generation {
-                store = true;
-                part.uncommitted.push_back(offset);
-                part.stored_next = Some(offset + 1);
-            }
-            if !part.queue.is_empty() && !part.ready {
-                part.ready = true;
-                state.ready.push_back(key.clone());
+        let at = run.part;
+        let part = &mut state.parts[at];
+        part.in_flight = false;
+        let mut store = None;
+        if let Some(&last) = run.ended.last() {
+            if part.assigned && part.generation == run.generation {
+                // Invariant 3: recorded under the lock, so a commit snapshot never runs ahead.
+                part.uncommitted.extend(run.ended.iter().copied());
+                part.stored_next = Some(last + 1);
+                part.unstored += run.ended.len() as u32;
+                store = Some(last);
             }
         }
+        run.ended.clear();
+        if !run.messages.is_empty() {
+            // Only after an unwind: the rest goes back in front of the buffer, unless it was
+            // dropped meanwhile (invariant 4).
+            let current = part.assigned
+                && part.generation == run.generation
+                && part.live.cleared.load(Ordering::Relaxed) == run.cleared
+                && shared.open();
+            if current {
+                while let Some(message) = run.messages.pop_back() {
+                    part.queue.push_front(message);
+                }
+            }
+            run.messages.clear();
+        }
+        if !part.queue.is_empty() && !part.ready {
+            part.ready = true;
+            state.ready.push_back(at);
+        }
         let mut resume = Vec::new();
-        let mine = if keep_slot {
-            self.next_job(&mut state, &mut resume)
-        } else {
-            None
-        };
-        // Invariant 3: stored under the lock, so a commit snapshot never runs ahead of it.
+        let mine = keep_slot
+            && match self.next_ready(&mut state) {
+                Some(next) => {
+                    *run = self.take_run(&mut state, next, &mut resume, Some(run));
+                    true
+                }
+                None => false,
+            };
         // librdkafka's `rd_kafka_offset_store` takes the message's own offset and stores + 1.
-        // While the slot goes on with the same partition, the store into librdkafka (what its
+        // While a slot goes on with the same partition, the store into librdkafka (what its
         // background commit covers) may wait up to `STORE_EVERY` messages: the consumer's own
         // commits use `stored_next`, and librdkafka never commits a stored offset at or below
         // the committed one, so a late store cannot take a commit back.
-        if store {
-            let continues = mine.as_ref().is_some_and(|job| job.key == key);
-            let due = state.parts.get_mut(&key).is_none_or(|part| {
-                part.unstored += 1;
-                let due = !continues || part.unstored >= STORE_EVERY;
-                if due {
-                    part.unstored = 0;
-                }
-                due
-            });
-            if due {
-                if let Err(error) = self.client.store_offset(&key.0, key.1, offset) {
-                    tracing::warn!(target: "lifecycle_hooks_kafka", topic = %key.0, partition = key.1, offset, %error, "could not store the offset");
+        if let Some(offset) = store {
+            let continues = mine && run.part == at;
+            let part = &mut state.parts[at];
+            if !continues || part.unstored >= STORE_EVERY {
+                part.unstored = 0;
+                if let Err(error) = self.client.store_offset(&part.key.0, part.key.1, offset) {
+                    tracing::warn!(target: "lifecycle_hooks_kafka", topic = %part.key.0, partition = part.key.1, offset, %error, "could not store the offset");
                 }
             }
         }
         let mut others = Vec::new();
-        while let Some(job) = self.next_job(&mut state, &mut resume) {
-            others.push(job);
+        while let Some(at) = self.next_ready(&mut state) {
+            others.push(self.take_run(&mut state, at, &mut resume, None));
         }
         let idle = state.running == 0;
         let waited = state.ended_waiters > 0;
@@ -462,13 +533,13 @@ impl Inner {
         if idle {
             shared.idle.notify_waiters();
         }
-        if result.is_none() {
-            let what = format!("kafka {}/{}@{offset}", key.0, key.1);
+        if let Some(offset) = cut {
+            let what = format!("kafka {}/{}@{offset}", run.live.topic, run.live.partition);
             tracing::warn!(target: "lifecycle_hooks_kafka", message = %what, "Kafka message cut off at the deadline: not committed, it will be redelivered");
             lifecycle.report_handed_back(what);
         }
-        for job in others {
-            self.spawn_slot(lifecycle, job);
+        for other in others {
+            self.spawn_slot(lifecycle, other);
         }
         mine
     }
@@ -497,18 +568,17 @@ impl Inner {
     }
 
     /// `stop_intake`: no new message starts; every assigned partition pauses; buffered messages
-    /// are dropped (never started, never committed: redelivered). Polling goes on.
+    /// are dropped (never started, never committed: redelivered), also the rest of the runs
+    /// slots hold (they check `open` before each message). Polling goes on.
     fn stop_intake(&self) {
         self.shared.intake_stopped.store(true, Ordering::Release);
         let mut state = self.shared.lock();
         state.ready.clear();
         let mut assigned = Vec::new();
-        for (key, part) in state.parts.iter_mut() {
-            part.queue.clear();
-            part.ready = false;
-            part.backpressure = false;
+        for part in state.parts.iter_mut() {
+            part.clear();
             if part.assigned {
-                assigned.push(key.clone());
+                assigned.push(part.key.clone());
             }
         }
         self.pause(&assigned);
@@ -518,39 +588,40 @@ impl Inner {
     }
 }
 
-/// Lives with a message in its slot: if the slot is dropped (cut off at the deadline) or
-/// unwinds (the handler panicked) before the message ended, the message is counted and its
-/// partition moves on, in a new slot.
-struct Ending<'a> {
+/// Lives with a run in its slot: if the slot is dropped (cut off at the deadline) or unwinds
+/// (the handler panicked) before the run ended, the message in flight is counted (handed back,
+/// or failed), the offsets that ended are recorded, the rest of the run goes back to the
+/// buffer, and the partition moves on, in a new slot.
+struct Slot<'a> {
     inner: &'a Arc<Inner>,
     lifecycle: &'a LifecycleHandle,
-    /// Taken when the message ended normally (the slot goes on by itself).
-    key: Option<Key>,
-    generation: u64,
-    offset: i64,
-    /// `Some(ok)` once the handler returned.
-    result: Option<bool>,
+    run: Run,
+    /// The offset of the message in flight.
+    current: Option<i64>,
+    /// The slot ended normally (it has no run).
+    done: bool,
 }
 
-impl Drop for Ending<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else {
+        if self.done {
             return;
-        };
-        // A panicking handler unwinds through here: a failure, not a hand-back.
-        let result = match self.result {
-            Some(ok) => Some(ok),
-            None if std::thread::panicking() => Some(false),
-            None => None,
-        };
-        let _ = self.inner.end(
-            self.lifecycle,
-            key,
-            self.generation,
-            self.offset,
-            result,
-            false,
-        );
+        }
+        let shared = &*self.inner.shared;
+        let mut cut = None;
+        if let Some(offset) = self.current.take() {
+            // A panicking handler unwinds through here: a failure, not a hand-back.
+            if std::thread::panicking() {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                self.run.ended.push(offset);
+            } else {
+                shared.handed_back.fetch_add(1, Ordering::Relaxed);
+                cut = Some(offset);
+            }
+        }
+        let _ = self
+            .inner
+            .end_run(self.lifecycle, &mut self.run, cut, false);
     }
 }
 

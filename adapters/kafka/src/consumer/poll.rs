@@ -28,7 +28,8 @@ pub(crate) type RebalanceCallback = dyn Fn(RebalanceEvent<'_>) + Send + Sync;
 pub enum RebalanceEvent<'a> {
     /// Partitions were assigned (after the assignment).
     Assigned(&'a [(String, i32)]),
-    /// Partitions are being revoked: their in-flight messages are about to be waited for and
+    /// Partitions are being revoked: no new message of theirs starts any more (their buffered
+    /// messages were dropped), and their in-flight messages are about to be waited for and
     /// committed.
     Revoking(&'a [(String, i32)]),
     /// Partitions were revoked: waited for, committed, given up.
@@ -66,24 +67,27 @@ impl ConsumerContext for PollContext {
             return;
         };
         let revoked = keys(tpl);
-        if let Some(callback) = &self.on_rebalance {
-            callback(RebalanceEvent::Revoking(&revoked));
-        }
         let shared = &*self.shared;
         shared
             .revoked
             .fetch_add(revoked.len() as u64, Ordering::Relaxed);
         {
             let mut state = shared.lock();
+            let mut dropped = Vec::new();
             for key in &revoked {
-                if let Some(part) = state.parts.get_mut(key) {
-                    // Buffered messages were never started: dropped, redelivered to the next owner.
-                    part.queue.clear();
-                    part.ready = false;
-                    part.backpressure = false;
+                if let Some(part) = state.part_mut(key) {
+                    // Buffered messages were never started: dropped, redelivered to the next
+                    // owner; so is the rest of a run a slot holds (invariant 4).
+                    part.clear();
                 }
+                dropped.extend(state.find(key));
             }
-            state.ready.retain(|k| !revoked.contains(k));
+            state.ready.retain(|at| !dropped.contains(at));
+        }
+        // Reported once no new message of these partitions can start (a slot checks before
+        // each message of its run): what the callback sees in flight is all that ends here.
+        if let Some(callback) = &self.on_rebalance {
+            callback(RebalanceEvent::Revoking(&revoked));
         }
         // The revoked partitions' in-flight messages finish (bounded), then their offsets are
         // committed before librdkafka gives the partitions up.
@@ -99,7 +103,7 @@ impl ConsumerContext for PollContext {
         {
             let mut state = shared.lock();
             for key in &revoked {
-                let part = state.parts.entry(key.clone()).or_default();
+                let part = state.entry(key);
                 part.assigned = false;
                 part.generation += 1;
             }
@@ -109,6 +113,7 @@ impl ConsumerContext for PollContext {
             tracing::warn!(target: "lifecycle_hooks_kafka", %error, "committing the revoked partitions failed: their next owner may process some messages again");
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?revoked, "Kafka partitions revoked");
+        shared.rebalance_served();
         if let Some(callback) = &self.on_rebalance {
             callback(RebalanceEvent::Revoked(&revoked));
         }
@@ -126,7 +131,7 @@ impl ConsumerContext for PollContext {
         {
             let mut state = shared.lock();
             for key in &assigned {
-                let part = state.parts.entry(key.clone()).or_default();
+                let part = state.entry(key);
                 part.assigned = true;
                 part.uncommitted.clear();
                 part.stored_next = None;
@@ -134,6 +139,7 @@ impl ConsumerContext for PollContext {
             }
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?assigned, "Kafka partitions assigned");
+        shared.rebalance_served();
         if let Some(callback) = &self.on_rebalance {
             callback(RebalanceEvent::Assigned(&assigned));
         }
@@ -158,6 +164,19 @@ impl ConsumerContext for PollContext {
             self.shared.committed_up_to(&covered);
         }
     }
+}
+
+/// Whether a commit was refused because the group's generation moved or is moving (a
+/// rebalance): once this member has served the rebalance, a commit can succeed again.
+pub(crate) fn refused_by_a_rebalance(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::UnknownMemberId
+        )
+    )
 }
 
 /// Commits `offsets` synchronously and counts what they covered. "Nothing to commit" is fine.
@@ -238,6 +257,7 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
         tracing::debug!(target: "lifecycle_hooks_kafka", "Kafka consumer polling");
     }
     let mut close_requested = false;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         // Not `closing`: the final commit runs between the two, with the member still in
         // its group.
@@ -259,7 +279,6 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
             Some(Ok(message)) => {
                 // What librdkafka has ready goes over in one batch: one lock, one slot start
                 // per partition, not one per message.
-                let mut batch = Vec::with_capacity(BATCH);
                 batch.push(message.detach());
                 while batch.len() < BATCH {
                     match client.poll(Duration::ZERO) {
@@ -271,7 +290,7 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
                         None => break,
                     }
                 }
-                inner.on_messages(lifecycle, batch);
+                inner.on_messages(lifecycle, &mut batch);
             }
             Some(Err(error)) => {
                 tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error")

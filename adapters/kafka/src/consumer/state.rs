@@ -3,28 +3,37 @@
 //!
 //! # Invariants
 //!
-//! 1. At most one message per partition is in flight (`Part::in_flight`), and at most
-//!    `concurrency` across partitions (`State::running`): order is kept per partition.
+//! 1. At most one message per partition is in flight, and at most `concurrency` across
+//!    partitions (`State::running`): order is kept per partition. A slot takes a *run* of up to
+//!    [`RUN`] buffered messages of one partition at once (`Part::in_flight` while it is out) and
+//!    starts them one after another; the rest of a run is still "buffered" for invariant 4 and
+//!    for revocation, which drop it through `Live::cleared`.
 //! 2. A message is counted `fetched` when it is handed to the handler, and exactly once more
 //!    when it ends: `processed`, `failed`, or `handed_back` (cut off at the deadline). So once
 //!    nothing runs, fetched = processed + failed + handed back.
 //! 3. Only the offset of a message that ended (processed or failed) is stored, in offset order
 //!    (invariant 1), and only while its partition is still assigned in the generation the
 //!    message was fetched in: a message cut off, or finished after its partition was revoked,
-//!    is never committed, so it is redelivered. Its store into librdkafka may lag (see
-//!    `Part::unstored`), never lead.
+//!    is never committed, so it is redelivered. The offsets of a run are recorded under the
+//!    lock when the run ends (a revocation waits for that), and stored into librdkafka then or
+//!    later (see `Part::unstored`): its store may lag, never lead.
 //! 4. No message is started once intake has stopped or the consumer is closing; the messages
-//!    buffered then are dropped uncounted (never started, never committed: redelivered).
+//!    buffered then (also the rest of a run) are dropped uncounted (never started, never
+//!    committed: redelivered). A slot checks `Shared::open` and `Live::cleared` before each
+//!    message of its run; what it started before it saw them is in flight and waited for.
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
 //!    while waiting on the broker); the revocation wait and the poll thread's backpressure
 //!    wait release it through their `Condvar`s.
 //!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
 //!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
 //!    `stop_intake` pause.
+//! 6. A partition's index in `State::parts` never changes (partitions are never removed), so
+//!    slots and the poll thread refer to a partition by index and never hash its key on the
+//!    message path.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedMessage;
@@ -32,6 +41,26 @@ use tokio::sync::Notify;
 
 /// A partition: `(topic, partition)`.
 pub(crate) type Key = (String, i32);
+
+/// At most this many buffered messages of a partition are taken by a slot at once (a run).
+pub(crate) const RUN: usize = 64;
+
+/// What a slot running a partition's run reads without the lock.
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// The topic, shared: a message's work name is built from it only if it waits.
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    /// Bumped (under the lock) each time the partition's buffered messages are dropped (at a
+    /// revocation, and when intake stops): a slot that finds it changed drops the rest of its
+    /// run (invariant 4).
+    /// Acquire/Release: the slot's check pairs with the bump; a slot that misses a bump by a
+    /// hair has started one more message, which the revocation waits for like any in flight.
+    pub(crate) cleared: AtomicU64,
+    /// The offset of the message in flight, for the revocation's report of what it cut.
+    /// Relaxed: a report, read after the wait under the lock that the slot's run end takes.
+    pub(crate) offset: AtomicI64,
+}
 
 /// The consumer's counters. `fetched = processed + failed + handed_back` once nothing runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,12 +86,14 @@ pub struct ConsumerStats {
     pub in_flight: u64,
 }
 
-#[derive(Default)]
 pub(crate) struct Part {
+    pub(crate) key: Key,
+    pub(crate) live: Arc<Live>,
     pub(crate) assigned: bool,
     /// Bumped at every revocation: a message of an older generation stores no offset.
     pub(crate) generation: u64,
-    pub(crate) in_flight: Option<i64>,
+    /// A slot holds a run of this partition (one of its messages may be running).
+    pub(crate) in_flight: bool,
     /// Fetched, not started.
     pub(crate) queue: VecDeque<OwnedMessage>,
     /// Paused because `queue` stayed full longer than the poll thread waits for room (not
@@ -72,6 +103,9 @@ pub(crate) struct Part {
     pub(crate) uncommitted: VecDeque<i64>,
     /// The next offset to commit: the last ended message's offset + 1.
     pub(crate) stored_next: Option<i64>,
+    /// The highest offset a commit of this member covered (a successful one): whether a
+    /// final commit refused by a rebalance was made up for.
+    pub(crate) committed_next: Option<i64>,
     /// Ended messages whose offset is not yet stored into librdkafka (its background commit
     /// lags by these; the consumer's own commits use `stored_next`).
     pub(crate) unstored: u32,
@@ -79,15 +113,78 @@ pub(crate) struct Part {
     pub(crate) ready: bool,
 }
 
+impl Part {
+    fn new(key: Key) -> Part {
+        Part {
+            live: Arc::new(Live {
+                topic: Arc::from(key.0.as_str()),
+                partition: key.1,
+                cleared: AtomicU64::new(0),
+                offset: AtomicI64::new(-1),
+            }),
+            key,
+            assigned: false,
+            generation: 0,
+            in_flight: false,
+            queue: VecDeque::new(),
+            backpressure: false,
+            uncommitted: VecDeque::new(),
+            stored_next: None,
+            committed_next: None,
+            unstored: 0,
+            ready: false,
+        }
+    }
+
+    /// Drops the buffered messages, also the rest of a run a slot holds (invariant 4).
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.ready = false;
+        self.backpressure = false;
+        // Release: pairs with the slot's Acquire check before each message.
+        self.live.cleared.fetch_add(1, Ordering::Release);
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) parts: HashMap<Key, Part>,
+    /// Where each partition is in `parts` (invariant 6).
+    pub(crate) index: HashMap<Key, usize>,
+    pub(crate) parts: Vec<Part>,
     pub(crate) running: usize,
-    /// Partitions with buffered messages waiting for a slot, oldest first.
-    pub(crate) ready: VecDeque<Key>,
-    /// Threads in [`Shared::wait_ended`]: a message's end notifies `ended` only then (a
+    /// Partitions (indices into `parts`) with buffered messages waiting for a slot, oldest
+    /// first.
+    pub(crate) ready: VecDeque<usize>,
+    /// Threads in [`Shared::wait_ended`]: a run's end notifies `ended` only then (a
     /// `Condvar` notification is a system call even with no one waiting).
     pub(crate) ended_waiters: usize,
+    /// The poll thread waits for room (on `Shared::room`): only then is it notified.
+    pub(crate) room_waiters: usize,
+}
+
+impl State {
+    /// The partition's index, if it was ever assigned.
+    pub(crate) fn find(&self, key: &Key) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    pub(crate) fn part_mut(&mut self, key: &Key) -> Option<&mut Part> {
+        let at = self.find(key)?;
+        Some(&mut self.parts[at])
+    }
+
+    /// The partition's entry, created if new.
+    pub(crate) fn entry(&mut self, key: &Key) -> &mut Part {
+        let at = match self.find(key) {
+            Some(at) => at,
+            None => {
+                self.parts.push(Part::new(key.clone()));
+                self.index.insert(key.clone(), self.parts.len() - 1);
+                self.parts.len() - 1
+            }
+        };
+        &mut self.parts[at]
+    }
 }
 
 /// Counters, flags and the partition table, shared by the poll thread, message tasks and hooks.
@@ -100,6 +197,10 @@ pub(crate) struct Shared {
     pub(crate) room: Condvar,
     /// Notified when nothing runs any more: the close hook waits on it.
     pub(crate) idle: Notify,
+    /// Rebalance steps this member has served (a revocation or an assignment done), and the
+    /// notification of each: a final commit refused by a rebalance waits for one to retry.
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) rebalanced: Notify,
     pub(crate) concurrency: usize,
     pub(crate) buffer: usize,
     // Flags: SeqCst is unnecessary; each is set once and read under the state lock (which
@@ -126,6 +227,8 @@ impl Shared {
             ended: Condvar::new(),
             room: Condvar::new(),
             idle: Notify::new(),
+            rebalances: AtomicU64::new(0),
+            rebalanced: Notify::new(),
             concurrency: concurrency.max(1),
             buffer: buffer.max(1),
             intake_stopped: AtomicBool::new(false),
@@ -176,8 +279,11 @@ impl Shared {
             let busy: Vec<(Key, i64)> = keys
                 .iter()
                 .filter_map(|k| {
-                    let offset = state.parts.get(k)?.in_flight?;
-                    Some((k.clone(), offset))
+                    let part = &state.parts[state.find(k)?];
+                    if !part.in_flight {
+                        return None;
+                    }
+                    Some((k.clone(), part.live.offset.load(Ordering::Relaxed)))
                 })
                 .collect();
             let now = Instant::now();
@@ -199,7 +305,8 @@ impl Shared {
         let mut covered = 0u64;
         let mut state = self.lock();
         for (key, next) in offsets {
-            if let Some(part) = state.parts.get_mut(key) {
+            if let Some(part) = state.part_mut(key) {
+                part.committed_next = part.committed_next.max(Some(*next));
                 while part.uncommitted.front().is_some_and(|o| o < next) {
                     part.uncommitted.pop_front();
                     covered += 1;
@@ -210,16 +317,45 @@ impl Shared {
         self.committed.fetch_add(covered, Ordering::Relaxed);
     }
 
-    /// The offsets to commit for `keys` (all partitions if `None`): the stored ones not yet
-    /// covered by a commit.
+    /// A rebalance step (a revocation or an assignment) is done.
+    pub(crate) fn rebalance_served(&self) {
+        // SeqCst, with the waiter's `Notified::enable` before its SeqCst read: one of the two
+        // sees the other (no lost wake-up).
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        self.rebalanced.notify_waiters();
+    }
+
+    /// Those of `offsets` whose partitions are assigned to this member now.
+    pub(crate) fn still_assigned(&self, offsets: &[(Key, i64)]) -> Vec<(Key, i64)> {
+        let state = self.lock();
+        offsets
+            .iter()
+            .filter(|(key, _)| state.find(key).is_some_and(|at| state.parts[at].assigned))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether commits of this member covered each of `offsets` (partition, next offset).
+    pub(crate) fn covered(&self, offsets: &[(Key, i64)]) -> bool {
+        let state = self.lock();
+        offsets.iter().all(|(key, next)| {
+            state
+                .find(key)
+                .is_some_and(|at| state.parts[at].committed_next >= Some(*next))
+        })
+    }
+
+    /// The offsets to commit for `keys` (the partitions assigned now if `None`): the stored
+    /// ones not yet covered by a commit. A partition revoked from this member is committed by
+    /// its revocation only: committing it later could move its new owner's offset back.
     pub(crate) fn to_commit(&self, keys: Option<&[Key]>) -> Vec<(Key, i64)> {
         let state = self.lock();
         state
             .parts
             .iter()
-            .filter(|(k, _)| keys.is_none_or(|keys| keys.contains(k)))
-            .filter(|(_, p)| !p.uncommitted.is_empty())
-            .filter_map(|(k, p)| Some((k.clone(), p.stored_next?)))
+            .filter(|p| keys.map_or(p.assigned, |keys| keys.contains(&p.key)))
+            .filter(|p| !p.uncommitted.is_empty())
+            .filter_map(|p| Some((p.key.clone(), p.stored_next?)))
             .collect()
     }
 }
