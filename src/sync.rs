@@ -4,7 +4,8 @@
 #[cfg(not(lifecycle_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-#[cfg(lifecycle_loom)]
+// Only the loom models hold an `Arc` of their own; the library's is `std`'s.
+#[cfg(all(test, lifecycle_loom))]
 pub(crate) use loom::sync::Arc;
 #[cfg(lifecycle_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize};
