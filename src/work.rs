@@ -142,7 +142,18 @@ impl WorkRegistry {
         }
         let mut listed = Vec::new();
         for source in &sources {
-            source.for_each(&mut |name, started| listed.push((name, started)));
+            // A source that panics must not take down its caller (the runner, at the drain
+            // deadline): what it listed before the panic stands, and the panic is logged.
+            let listing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                source.for_each(&mut |name, started| listed.push((name, started)));
+            }));
+            if let Err(panic) = listing {
+                tracing::error!(
+                    target: "lifecycle_hooks",
+                    panic = %crate::errors::panic_message(&*panic),
+                    "a work source panicked while listing its work"
+                );
+            }
         }
         let (initial, phases) = &*self.phases.lock();
         items.extend(listed.into_iter().map(|(name, started)| {

@@ -205,3 +205,48 @@ fn every_way_work_ends_leaves_the_count_and_the_stop_is_clean() {
         assert!(!outcome.forced());
     });
 }
+
+/// A source that panics while listing: the snapshot and the stop go on, with what it listed
+/// before the panic and everything else.
+#[tokio::test(start_paused = true)]
+async fn a_source_that_panics_does_not_take_down_the_snapshot_or_the_stop() {
+    struct Faulty;
+    impl WorkSource for Faulty {
+        fn for_each(&self, item: &mut dyn FnMut(String, Instant)) {
+            item("listed before the panic".to_owned(), Instant::now());
+            panic!("a bug in an adapter");
+        }
+    }
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let faulty = Arc::new(Faulty);
+    handle.work_source(&faulty);
+    let _stuck = handle.work_guard_named("named and stuck");
+    let names: Vec<String> = handle.snapshot().work.into_iter().map(|w| w.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"listed before the panic".to_owned()));
+    handle.stop();
+    // The runner takes the stuck-work report at the drain deadline through the same path.
+    let outcome = lifecycle.run().await;
+    assert_eq!(outcome.exit_code(), 2, "forced, not crashed: {outcome:?}");
+    assert_eq!(outcome.stuck_work().len(), 2);
+}
+
+/// `spawn` outside a runtime panics, as `tokio::spawn` does, and leaves nothing counted.
+#[test]
+fn a_spawn_outside_a_runtime_panics_and_counts_nothing() {
+    let lifecycle = testing::builder().build().unwrap();
+    let handle = lifecycle.handle();
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle.spawn(async {});
+    }));
+    assert!(spawned.is_err(), "no runtime, no task");
+    assert_eq!(
+        handle.in_flight(),
+        0,
+        "the count taken for it was given back"
+    );
+}
