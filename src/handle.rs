@@ -488,9 +488,8 @@ impl LifecycleHandle {
     }
 }
 
-// What a spawned task adds to its future: 48 bytes (its owner, its waiter: a waker and two list
-// pointers, and its shard), which keep a small job's future in tokio's 256-byte task cell.
-const _: () = assert!(std::mem::size_of::<Cancellable<(), Arc<Shared>>>() == 48);
+// What a spawned task adds to its future: 16 bytes (its owner, its waker's key and shard).
+const _: () = assert!(std::mem::size_of::<Cancellable<(), Arc<Shared>>>() == 16);
 
 /// One count in the lifecycle's [`Tracker`], for as long as it lives.
 #[derive(Debug)]
