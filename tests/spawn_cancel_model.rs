@@ -14,11 +14,14 @@
 #[path = "../adapters/kafka/tests/interleavings/mod.rs"]
 mod interleavings;
 
+mod support;
+
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use interleavings::{Model, explore};
 use lifecycle_hooks::testing;
+use support::two_workers;
 
 /// Which protocol the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,14 +226,6 @@ fn setting_the_flag_after_closing_the_shards_would_lose_the_wake_up() {
     )
     .unwrap_err();
     assert!(err.contains("deadlock"), "{err}");
-}
-
-fn two_workers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

@@ -1,23 +1,17 @@
 //! Work sources (work counted by plain guards and named only when a snapshot asks), and every
 //! way tracked work leaves the count.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use lifecycle_hooks::{Phase, WorkSource, testing};
 use parking_lot::Mutex;
+use support::two_workers;
 use tokio::time::Instant;
 
 /// A source listing what the test puts in it.
-/// A 2-worker runtime: real OS threads, as users run the library.
-fn two_workers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[derive(Default)]
 struct Listed(Mutex<Vec<(String, Instant)>>);
 
