@@ -41,14 +41,16 @@ const CLOSED: usize = 1;
 const ONE: usize = 2;
 
 impl Tracker {
-    /// One more work item; pair it with [`end`](Self::end).
-    pub(crate) fn add(&self) {
+    /// One more work item; pair it with [`end`](Self::end). Returns the state before (for the
+    /// loom model).
+    pub(crate) fn add(&self) -> usize {
         // Relaxed: the count orders nothing by itself; the end of work (Release) does.
         let previous = self.state.fetch_add(ONE, Ordering::Relaxed);
         assert!(
             previous <= usize::MAX - ONE,
             "more tracked work than a usize counts"
         );
+        previous
     }
 
     /// One work item ended.
@@ -234,16 +236,17 @@ mod loom_model {
             let late = {
                 let tracker = Arc::clone(&tracker);
                 ::loom::thread::spawn(move || {
-                    tracker.add();
+                    let before = tracker.add();
                     tracker.end();
+                    before
                 })
             };
             tracker.end();
-            late.join().unwrap();
-            // Either the first end emptied it (one wake-up) and the late work made and ended a
-            // second "closed and empty" (another), or the late work overlapped (one in all).
-            let woken = tracker.woken.load(Ordering::SeqCst);
-            assert!((1..=2).contains(&woken), "woken {woken} times");
+            let before = late.join().unwrap();
+            // The late work overlapped the first (one "closed and empty" in all: one wake-up),
+            // or came after the first end had emptied it (two, one each).
+            let expected = if before == ONE + CLOSED { 1 } else { 2 };
+            assert_eq!(tracker.woken.load(Ordering::SeqCst), expected);
             assert_eq!(tracker.state.load(Ordering::SeqCst), CLOSED);
         });
     }

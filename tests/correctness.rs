@@ -2,6 +2,8 @@
 //! threads, signals at awkward moments, hostile durations). Each test names its bug in
 //! `docs/reliability.md`; each failed on the code before its fix.
 
+mod support;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{Event, HookResult, HookSpec, Phase, Reason, Signal};
+use support::two_workers;
 use tokio::sync::Notify;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -63,11 +66,7 @@ fn position(messages: &[String], wanted: &str) -> Option<usize> {
 #[test]
 fn concurrent_stop_from_other_threads_while_the_runner_walks_many_hooks_never_deadlocks() {
     for round in 0..3 {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = two_workers();
         let ran = Arc::new(AtomicUsize::new(0));
         let mut builder = testing::builder();
         for i in 0..20_000 {
@@ -565,11 +564,7 @@ async fn dropping_the_run_future_stops_the_watchdog() {
 /// run ends with the first reason, and calls after the end are harmless.
 #[test]
 fn calls_from_other_threads_before_during_and_after_the_run_are_harmless() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_workers();
     for _ in 0..20 {
         let lifecycle = testing::builder()
             .budget(Duration::from_secs(5))

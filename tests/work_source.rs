@@ -136,7 +136,6 @@ fn snapshots_from_other_threads_race_the_source_and_the_phases() {
         let seen: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         // The thread that adds the items sees each one in its own next snapshot.
         assert_eq!(seen[0], 2_000);
-        assert!(seen.iter().all(|&n| n <= 2_000));
         assert_eq!(handle.snapshot().work.len(), 2_000);
         handle.stop();
         assert_eq!(run.await.unwrap().exit_code(), 0);
