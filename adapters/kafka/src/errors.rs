@@ -193,6 +193,19 @@ pub enum ConsumerCloseError {
         #[source]
         source: KafkaError,
     },
+    /// The final synchronous commit did not answer in the time the hook had (no group
+    /// coordinator: the broker is down or unreachable). Nothing is committed that was not
+    /// before; the consumer still leaves, and the next member processes those messages again.
+    #[error(
+        "the final commit of the Kafka consumer of group `{group}` got no answer within \
+         {waited:?}; messages processed since the last commit will be processed again"
+    )]
+    CommitTimeout {
+        /// The consumer group.
+        group: String,
+        /// How long the hook waited.
+        waited: std::time::Duration,
+    },
     /// The consumer did not finish leaving the group in the time the hook had.
     #[error(
         "the Kafka consumer of group `{group}` did not close within {waited:?}; the group \

@@ -16,6 +16,20 @@ mod producer;
 mod state;
 mod sync;
 
+/// Where a deadline lands when `start + timeout` would overflow (`Duration::MAX`): about 30
+/// years on, which no wait reaches (tokio's own "far future" is the same order).
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
+/// `start + timeout`, saturating at [`FAR_FUTURE`] instead of panicking on overflow.
+pub(crate) fn deadline_after(
+    start: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> tokio::time::Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + FAR_FUTURE)
+}
+
 pub use cluster::MockCluster;
 pub use consumer::{
     Consumer, ConsumerBuilder, ConsumerStats,

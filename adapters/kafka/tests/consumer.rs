@@ -878,3 +878,59 @@ async fn a_final_commit_refused_by_a_rebalance_is_made_again() {
     );
     assert_eq!((stats.processed, stats.committed), (20, 0), "{stats:?}");
 }
+
+/// The broker dies after the messages were processed: the final commit gets no answer (no
+/// coordinator), and the close hook reports that within its own time, leaves the group, and the
+/// run ends. Before, the commit waited without limit: the lifecycle abandoned the hook at its
+/// deadline and the poll thread went on polling, never asked to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_commit_to_a_dead_broker_is_bounded_and_the_consumer_still_leaves() {
+    let broker = Broker::mock();
+    let topic = broker.topic("in", 1).await;
+    seed(&broker, &topic, 1, 3).await;
+    let Broker::Mock(cluster) = &broker else {
+        unreachable!("a mock cluster")
+    };
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let consumer = consumer(&broker, "g-dead", &topic)
+        .set("enable.auto.commit", "false")
+        .build(move |message, _| {
+            let _ = seen_tx.send(message.offset());
+            async { Ok::<(), BoxError>(()) }
+        })
+        .expect("a consumer");
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(4))
+        .hooks(consumer.hooks())
+        .build()
+        .expect("a graph");
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(30), seen.recv())
+            .await
+            .expect("every message within 30 s")
+            .expect("alive");
+    }
+    cluster.broker_down(1).expect("the broker goes down");
+    handle.stop();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run ends within its budget, not later")
+        .expect("the run does not panic");
+    assert_eq!(outcome.exit_code(), 1, "{outcome}");
+    let report = outcome.hook("close_consumer").expect("the close hook ran");
+    assert!(
+        matches!(&report.result, lifecycle_hooks::HookResult::Error(e) if e.contains("no answer")),
+        "reported by the hook itself, not abandoned at its deadline: {outcome}"
+    );
+    let failures = outcome.failures();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("final commit") && f.contains("no answer")),
+        "{failures:?}"
+    );
+    assert_eq!(consumer.stats().committed, 0);
+    cluster.broker_up(1).expect("the broker comes back");
+}

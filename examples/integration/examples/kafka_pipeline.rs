@@ -183,7 +183,8 @@ async fn main() -> Result<Outcome, BoxError> {
         p.sent,
         p.delivered,
         closed_errors.load(Ordering::Relaxed),
-        p.purged + p.failed,
+        // `failed` already counts what the close purged.
+        p.failed,
     ));
     Ok(outcome)
 }

@@ -20,11 +20,18 @@ const DEFAULT_CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// heartbeat interval, in which a member hears that its group rebalances.
 const REBALANCE_WAIT: Duration = Duration::from_secs(3);
 
-/// Commits `offsets` on a thread of its own (librdkafka's synchronous commit blocks).
+/// The part of the close hook's time left kept so that it reports its own error before the
+/// lifecycle would abandon it: a twentieth, at most this much (as the producer's close).
+const HOOK_MARGIN: Duration = Duration::from_millis(50);
+
+/// Commits `offsets` on a thread of its own (librdkafka's synchronous commit blocks, and with
+/// no coordinator it waits without limit), until `deadline`: `None` if it did not answer by then
+/// (the thread goes on alone and ends with librdkafka's answer).
 async fn commit_on_a_thread(
     inner: &Arc<Inner>,
     offsets: Vec<(super::state::Key, i64)>,
-) -> rdkafka::error::KafkaResult<()> {
+    deadline: tokio::time::Instant,
+) -> Option<rdkafka::error::KafkaResult<()>> {
     let inner = Arc::clone(inner);
     let (reply, answer) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -33,9 +40,21 @@ async fn commit_on_a_thread(
             let _ = reply.send(commit(&inner.client, &inner.shared, &offsets));
         })
         .expect("the operating system starts a thread for the Kafka commit");
-    answer
-        .await
-        .expect("the commit thread answers (committing does not panic)")
+    let answer = tokio::time::timeout_at(deadline, answer).await.ok()?;
+    Some(answer.expect("the commit thread answers (committing does not panic)"))
+}
+
+/// Leaves the group if the close hook is dropped before it asked to (the lifecycle cut it off):
+/// the poll thread never outlives the close.
+struct LeaveOnDrop<'a>(Option<&'a Inner>);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            // Only the request; nobody waits for the answer.
+            drop(inner.begin_close());
+        }
+    }
 }
 
 impl Consumer {
@@ -145,8 +164,13 @@ impl Consumer {
 
     async fn close_from_hook(&self, ctx: &HookContext) -> Result<(), ConsumerCloseError> {
         let inner = &self.inner;
-        let budget = ctx.time_left().unwrap_or(DEFAULT_CLOSE_WAIT);
-        let deadline = tokio::time::Instant::now() + budget;
+        let budget = match ctx.time_left() {
+            Some(left) => left.saturating_sub((left / 20).min(HOOK_MARGIN)),
+            None => DEFAULT_CLOSE_WAIT,
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = crate::deadline_after(started, budget);
+        let mut leave_on_drop = LeaveOnDrop(Some(inner));
         inner.shared.closing.store(true, Ordering::Release);
         // Messages cut off at the deadline end as their tasks are dropped; wait for the last.
         loop {
@@ -167,8 +191,8 @@ impl Consumer {
         // member (that one, or a revocation's meanwhile) covered every offset of the first try.
         let served = inner.shared.rebalances.load(Ordering::SeqCst);
         let offsets = inner.shared.to_commit(None);
-        let mut committed = commit_on_a_thread(inner, offsets.clone()).await;
-        if let Err(error) = &committed {
+        let mut committed = commit_on_a_thread(inner, offsets.clone(), deadline).await;
+        if let Some(Err(error)) = &committed {
             if refused_by_a_rebalance(error) {
                 tracing::info!(target: "lifecycle_hooks_kafka", group = %inner.group, %error, "the final commit met a rebalance: committing again once this member has served it");
                 let wait = deadline.min(tokio::time::Instant::now() + REBALANCE_WAIT);
@@ -184,14 +208,15 @@ impl Consumer {
                     }
                 }
                 let again = inner.shared.still_assigned(&offsets);
-                let retried = commit_on_a_thread(inner, again).await;
+                let retried = commit_on_a_thread(inner, again, deadline).await;
                 if inner.shared.covered(&offsets) {
-                    committed = Ok(());
-                } else if let Err(error) = retried {
-                    committed = Err(error);
+                    committed = Some(Ok(()));
+                } else if !matches!(retried, Some(Ok(()))) {
+                    committed = retried;
                 }
             }
         }
+        leave_on_drop.0 = None;
         let done = inner.begin_close();
         let closed = match done {
             Some(done) => tokio::time::timeout_at(deadline, done).await.is_ok(),
@@ -205,11 +230,20 @@ impl Consumer {
             committed = stats.committed, handed_back = stats.handed_back,
             "Kafka consumer committed and closed"
         );
-        if let Err(source) = committed {
-            return Err(ConsumerCloseError::Commit {
-                group: inner.group.clone(),
-                source,
-            });
+        match committed {
+            Some(Ok(())) => {}
+            Some(Err(source)) => {
+                return Err(ConsumerCloseError::Commit {
+                    group: inner.group.clone(),
+                    source,
+                });
+            }
+            None => {
+                return Err(ConsumerCloseError::CommitTimeout {
+                    group: inner.group.clone(),
+                    waited: started.elapsed(),
+                });
+            }
         }
         if !closed {
             return Err(ConsumerCloseError::Timeout {

@@ -273,7 +273,9 @@ impl Shared {
     /// Waits (blocking the calling thread, the poll thread) until none of `keys` has a message
     /// in flight, at most `timeout`. Returns the partitions still busy.
     pub(crate) fn wait_ended(&self, keys: &[Key], timeout: Duration) -> Vec<(Key, i64)> {
-        let deadline = Instant::now() + timeout;
+        // `revoke_timeout(Duration::MAX)` must not overflow here: this runs in librdkafka's
+        // rebalance callback, where a panic aborts the process. No deadline: wait until ended.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         loop {
             let busy: Vec<(Key, i64)> = keys
@@ -287,15 +289,22 @@ impl Shared {
                 })
                 .collect();
             let now = Instant::now();
-            if busy.is_empty() || now >= deadline {
+            if busy.is_empty() || deadline.is_some_and(|deadline| now >= deadline) {
                 return busy;
             }
             state.ended_waiters += 1;
-            state = self
-                .ended
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            state = match deadline {
+                Some(deadline) => {
+                    self.ended
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+                None => self
+                    .ended
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            };
             state.ended_waiters -= 1;
         }
     }
@@ -357,5 +366,20 @@ impl Shared {
             .filter(|p| !p.uncommitted.is_empty())
             .filter_map(|p| Some((p.key.clone(), p.stored_next?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `revoke_timeout(Duration::MAX)`: the wait in the rebalance callback must not overflow
+    /// (a panic there, inside librdkafka's callback, aborts the process).
+    #[test]
+    fn a_revocation_wait_of_duration_max_does_not_overflow() {
+        let shared = Shared::new(1, 16);
+        let key: Key = ("topic".to_owned(), 0);
+        assert!(shared.wait_ended(&[key], Duration::MAX).is_empty());
+        assert!(shared.wait_ended(&[], Duration::ZERO).is_empty());
     }
 }

@@ -12,25 +12,12 @@ use rdkafka::producer::{Producer as _, PurgeConfig, ThreadedProducer};
 use super::{Inner, Producer};
 use crate::cluster::MockCluster;
 use crate::context::DeliveryContext;
+use crate::deadline_after;
 use crate::errors::CloseError;
 use crate::state::{ProducerStats, Shared};
 
 /// The part of a close's timeout kept for the purge: a tenth, at most this much.
 const PURGE_RESERVE: Duration = Duration::from_millis(250);
-
-/// Where a deadline lands when `now + timeout` would overflow (`Duration::MAX`): about 30 years
-/// on, which no wait reaches (tokio's own "far future" is the same order).
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `start + timeout`, saturating at [`FAR_FUTURE`] instead of panicking on overflow.
-pub(super) fn deadline_after(
-    start: tokio::time::Instant,
-    timeout: Duration,
-) -> tokio::time::Instant {
-    start
-        .checked_add(timeout)
-        .unwrap_or_else(|| start + FAR_FUTURE)
-}
 
 /// What a close did: how much it flushed and how long it took.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ pub use builder::{
 };
 pub use close::CloseReport;
 
-use close::deadline_after;
+use crate::deadline_after;
 
 /// The backoff of a send retrying for queue room after a delivery report woke it.
 const MIN_QUEUE_BACKOFF: Duration = Duration::from_millis(1);
