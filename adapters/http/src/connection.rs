@@ -212,12 +212,21 @@ impl ConnShared {
         if self.http2.load(Ordering::Relaxed) || self.in_flight() > 0 {
             return None;
         }
-        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
-        let at = self.server.epoch + since + self.server.keep_alive_grace;
+        let at = self.keep_alive_grace_ends();
         (at > Instant::now()).then_some(at)
     }
 
-    /// Lists a request as in flight; its id for [`finish`](Self::finish).
+    /// When the keep-alive grace since the connection last became idle ends; a grace too long
+    /// to add (`Duration::MAX`) ends in about 30 years instead of overflowing (a panic here, at
+    /// the halt, would stop the accept loop and every connection task).
+    fn keep_alive_grace_ends(&self) -> Instant {
+        const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        let idle = self.server.epoch + since;
+        idle.checked_add(self.server.keep_alive_grace)
+            .unwrap_or_else(|| idle + FAR_FUTURE)
+    }
+
     /// Lists a request; returns its key for [`finish`](Self::finish).
     pub(crate) fn begin(&self, method: Method, uri: &Uri, http2: bool) -> usize {
         if http2 {
@@ -289,8 +298,7 @@ impl ConnShared {
 
     /// Whether the keep-alive grace since the connection last became idle has passed.
     pub(crate) fn past_keep_alive_grace(&self) -> bool {
-        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
-        self.server.epoch + since + self.server.keep_alive_grace <= Instant::now()
+        self.keep_alive_grace_ends() <= Instant::now()
     }
 
     /// Whether a request has begun on this connection (a connection that only ever sent half

@@ -617,3 +617,48 @@ async fn pooled_clients_sending_through_the_stop_see_no_failed_request() {
     assert_eq!(counters.completed as usize, answered, "{counters:?}");
     assert_eq!((counters.cut, counters.aborted), (0, 0), "{counters:?}");
 }
+
+/// `keep_alive_grace(Duration::MAX)`: the grace's end saturates instead of overflowing. Before,
+/// `idle + grace` panicked at the halt inside the accept loop, so `stop_accepting` never saw the
+/// listener close and the stop hung until its hook timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_grace_of_duration_max_does_not_break_the_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (started, _) = mpsc::unbounded_channel();
+    let gate = Gate {
+        started,
+        release: Arc::new(Semaphore::new(0)),
+    };
+    let server = HttpServer::builder(listener, app(gate))
+        .keep_alive_grace(Duration::MAX)
+        .build();
+    let lifecycle = testing::builder()
+        .budget(Duration::from_secs(2))
+        .hooks(server.hooks())
+        .build()
+        .expect("a valid graph");
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|ready| *ready).await.unwrap();
+    let mut client = H1::open(addr).await;
+    let (response, _) = client.get("/").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    handle.stop();
+    let outcome = finish(run).await;
+    // The idle connection is held through the (endless) grace until the drain deadline, then
+    // cut: the stop ends within its 2 s budget, every hook having run to its end.
+    assert!(
+        outcome.stop_elapsed() < Duration::from_secs(2),
+        "{outcome:?}"
+    );
+    for hook in ["http:stop_accepting", "http:close"] {
+        let report = outcome.hook(hook).expect("the hook ran");
+        assert!(
+            matches!(report.result, lifecycle_hooks::HookResult::Ok),
+            "{hook}: {outcome:?}"
+        );
+    }
+    // New connections are refused: the listener closed.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
