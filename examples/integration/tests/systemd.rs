@@ -103,6 +103,30 @@ fn shipped_budget() -> f64 {
     words[at + 1].parse::<f64>().unwrap() / 1000.0
 }
 
+/// Names that would reach outside a sandbox's own state directory and cgroups (`.` is the
+/// state root, and `stop .` used to remove empty cgroups of the whole host hierarchy) are
+/// refused before anything is read or touched (`start` checks the machine first, then the name
+/// the same way). Runs anywhere: nothing starts.
+#[test]
+fn the_sandbox_refuses_names_that_reach_outside_its_own_directories() {
+    for name in [".", "..", ".hidden", "a/b", ""] {
+        for args in [vec!["stop", name], vec!["exec", name, "true"]] {
+            let command = args[0];
+            let output = sandbox_script(&args, &[]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{command} {name:?}: {output:?}"
+            );
+            assert!(
+                stderr.contains("bad sandbox name"),
+                "{command} {name:?}: {stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_sandbox_refuses_to_start_systemd_outside_its_own_cgroup() {
     if let Some(why) = unsupported() {
