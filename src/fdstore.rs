@@ -309,7 +309,13 @@ impl FdStore {
         let addr = addr.into();
         let listener = match claim(name) {
             Some((fd, owned)) => {
-                let listener = validate(name, fd, owned, &addr)?;
+                // Refused, it leaves the store too: left there, every start after a restart
+                // would get it again and fail the same way until the unit is stopped by hand.
+                let listener = validate(name, fd, owned, &addr).inspect_err(|_| {
+                    if let Some(notifier) = self.notifier() {
+                        notifier.fdstore_remove(name);
+                    }
+                })?;
                 tracing::info!(target: "lifecycle_hooks", name, fd, %addr, "listener inherited from the service manager");
                 listener
             }
@@ -381,7 +387,7 @@ impl FdStore {
             .seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes));
         if let Some(notifier) = self.notifier() {
-            notifier.send(&format!("FDSTOREREMOVE=1\nFDNAME={stored_name}"));
+            notifier.fdstore_remove(&stored_name);
         }
         match read {
             Ok(_) => Some(bytes),
@@ -397,6 +403,12 @@ impl FdStore {
         let Some(notifier) = self.notifier() else {
             return;
         };
+        // Stored before by this process (a second `store_state` of one name): the old one
+        // leaves first, so the next process finds one descriptor under the name, the last.
+        let again = self.stored.names.lock().iter().any(|n| n == name);
+        if again {
+            notifier.fdstore_remove(name);
+        }
         match notifier.send_fd(&format!("FDSTORE=1\nFDNAME={name}"), fd) {
             Ok(()) => {
                 let mut stored = self.stored.names.lock();
@@ -505,7 +517,7 @@ pub(crate) fn release_unclaimed(notifier: Option<&Arc<Notifier>>) {
     for (name, fd) in unclaimed {
         tracing::warn!(target: "lifecycle_hooks", name, fd, "an inherited descriptor nobody claimed was closed and removed from the store");
         if let Some(notifier) = notifier {
-            notifier.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+            notifier.fdstore_remove(&name);
         }
     }
 }
@@ -518,7 +530,7 @@ pub(crate) fn release_stored(notifier: Option<&Arc<Notifier>>, stored: &Stored, 
     }
     if let Some(notifier) = notifier {
         for name in names {
-            notifier.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+            notifier.fdstore_remove(&name);
         }
     }
 }

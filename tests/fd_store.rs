@@ -30,7 +30,10 @@ struct Manager {
 
 impl Manager {
     fn new() -> Manager {
-        let dir = std::env::temp_dir().join(format!("lh-fdstore-{}", std::process::id()));
+        // One per test: the tests of this file run at once in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lh-fdstore-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
@@ -314,5 +317,37 @@ fn a_restart_hands_the_listener_and_the_state_to_the_next_process_and_no_connect
     assert!(
         log.contains("inherited file descriptor 3 named `http` is not usable as a listening tcp 127.0.0.1:0 socket"),
         "{log}"
+    );
+    // And it leaves the store: kept, every start after a restart would fail on it again.
+    let seen = manager.until(|m| m == "FDSTOREREMOVE=1\nFDNAME=http");
+    assert!(
+        seen.iter().all(|(m, _)| !m.starts_with("READY=1")),
+        "{seen:?}"
+    );
+}
+
+/// `store_state` twice under one name: the first blob leaves the store before the second goes
+/// in, so the next process finds one blob, the last (before, systemd kept both and which one
+/// `restored_state` got depended on the order it passed them).
+#[tokio::test]
+async fn storing_a_state_twice_keeps_only_the_last() {
+    let manager = Manager::new();
+    let lifecycle = lifecycle_hooks::testing::builder()
+        .notify_socket(manager.path(), None)
+        .build()
+        .unwrap();
+    let store = lifecycle.handle().fd_store();
+    store.store_state("cursor", b"first").unwrap();
+    let (message, fds) = manager.next();
+    assert_eq!(
+        (message.as_str(), fds.len()),
+        ("FDSTORE=1\nFDNAME=state-cursor", 1)
+    );
+    store.store_state("cursor", b"second").unwrap();
+    assert_eq!(manager.next().0, "FDSTOREREMOVE=1\nFDNAME=state-cursor");
+    let (message, fds) = manager.next();
+    assert_eq!(
+        (message.as_str(), fds.len()),
+        ("FDSTORE=1\nFDNAME=state-cursor", 1)
     );
 }
