@@ -235,13 +235,17 @@ impl LifecycleHandle {
 
     /// Tells systemd a configuration reload began (`RELOADING=1` with `MONOTONIC_USEC=`, for
     /// `Type=notify-reload`); `READY=1` follows when the returned [`Reload`] is done or dropped.
-    /// Without `NOTIFY_SOCKET` nothing is sent.
+    /// Without `NOTIFY_SOCKET` nothing is sent, and nothing either once a stop has begun
+    /// (systemd has heard `STOPPING=1`: a reload or a readiness after it would contradict it).
     pub fn reloading(&self) -> Reload {
-        if let Some(notifier) = &self.shared.config.notifier {
+        if let Some(notifier) = &self.shared.config.notifier
+            && self.shared.control.get().reason.is_none()
+        {
             notifier.reloading();
         }
         Reload {
             notifier: self.shared.config.notifier.clone(),
+            control: Arc::clone(&self.shared.control),
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::control::ControlCell;
 use crate::notify::Notifier;
 
 /// A point in the stop: intake stopped, drain begun, or work cancelled. From
@@ -80,6 +81,9 @@ impl std::future::IntoFuture for Milestone {
 #[must_use = "systemd hears READY=1 when the Reload is done or dropped"]
 pub struct Reload {
     pub(crate) notifier: Option<Arc<Notifier>>,
+    /// Read when the reload ends: once a stop has begun, systemd has heard `STOPPING=1`, and
+    /// `READY=1` after it would contradict it.
+    pub(crate) control: Arc<ControlCell>,
 }
 
 impl Reload {
@@ -89,7 +93,9 @@ impl Reload {
 
 impl Drop for Reload {
     fn drop(&mut self) {
-        if let Some(notifier) = &self.notifier {
+        if let Some(notifier) = &self.notifier
+            && self.control.get().reason.is_none()
+        {
             notifier.send("READY=1");
         }
     }

@@ -73,13 +73,13 @@ impl Notifier {
         })
     }
 
-    /// Sends one datagram; errors are logged, never fatal (systemd may be gone). A state change
-    /// that meets a full queue is kept and sent later, in order.
     /// Removes the descriptors stored under `name` from systemd's fd store.
     pub(crate) fn fdstore_remove(self: &Arc<Self>, name: &str) {
         self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
     }
 
+    /// Sends one datagram; errors are logged, never fatal (systemd may be gone). A state change
+    /// that meets a full queue is kept and sent later, in order.
     pub(crate) fn send(self: &Arc<Self>, state: &str) {
         let keep = is_state_change(state);
         let queued = {

@@ -650,3 +650,41 @@ async fn a_stop_during_quiets_intake_hooks_is_announced_with_stopping() {
         "{messages:?}"
     );
 }
+
+/// A reload still open when a stop begins: systemd has heard `STOPPING=1`, so neither the
+/// reload's `READY=1` nor a reload begun after the stop (`RELOADING=1`) follows it. Before,
+/// dropping the `Reload` in an exit hook announced the stopping service ready again.
+#[tokio::test(start_paused = true)]
+async fn a_reload_ending_after_a_stop_began_does_not_announce_ready() {
+    let socket = NotifySocket::bind("reload-stop");
+    let lifecycle = testing::builder()
+        .notify_socket(socket.path(), None)
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|ready| *ready).await.unwrap();
+    let reload = handle.reloading();
+    handle.stop();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.exit_code(), 0, "{outcome}");
+    // Read before the reload ends: the socket's queue is short (ten datagrams), and a full queue
+    // would hold back the very message this test looks for.
+    let mut messages = socket.drain();
+    drop(reload);
+    drop(handle.reloading());
+    messages.extend(socket.drain());
+    let stopping = position(&messages, "STOPPING=1").expect("STOPPING=1 sent");
+    assert!(
+        messages[..stopping]
+            .iter()
+            .any(|m| m.starts_with("RELOADING=1")),
+        "{messages:?}"
+    );
+    assert!(
+        messages[stopping..]
+            .iter()
+            .all(|m| m != "READY=1" && !m.starts_with("RELOADING=1")),
+        "{messages:?}"
+    );
+}
