@@ -85,6 +85,23 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (`SIGSTOP` to the pid this harness started): a host that stops
+    /// answering, its connections open and silent. [`resume`](Self::resume) thaws it.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Thaws a [`freeze`](Self::freeze)d server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the server runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal the server we started");
+    }
+
     fn ping(&self) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
         stream.write_all(b"PING\r\n").expect("send PING");

@@ -10,6 +10,10 @@ use bytes::Bytes;
 static DEFAULT_QUEUE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
 
 /// Hands out hand-back tokens, unique within the process.
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only the Redis source hands back by token")
+)]
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// One job: an id, an opaque payload, the queue it came from and how many times it ran before.
@@ -44,6 +48,10 @@ struct Meta {
     queue: Arc<str>,
     /// This job value's hand-back token, shared by its clones; set on first use. Not part of
     /// the job's equality.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "only the Redis source hands back by token")
+    )]
     token: OnceLock<u64>,
 }
 
@@ -136,6 +144,10 @@ impl Job {
     /// A number naming this job value and its clones (not an equal job built or fetched
     /// separately), unique within the process: a source records it with a hand-back, so a
     /// retry of the same hand-back is recognised even when the same bytes were fetched again.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "only the Redis source hands back by token")
+    )]
     pub(crate) fn hand_back_token(&self) -> u64 {
         // Relaxed: only uniqueness matters.
         *self

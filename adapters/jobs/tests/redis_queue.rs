@@ -620,3 +620,34 @@ async fn a_hand_back_retried_after_a_lost_answer_never_pushes_a_running_delivery
     })
     .await;
 }
+
+/// A Redis that stops answering (frozen with `SIGSTOP`: its connections open and silent): a
+/// fetch blocked in it fails within its bound (the `BLMOVE` block time and the response
+/// timeout) instead of waiting for ever, which held every worker of the pool behind it; thawed,
+/// the next fetch takes the job.
+#[tokio::test]
+async fn a_fetch_from_a_frozen_redis_fails_within_its_bound() {
+    init_tracing();
+    let server = RedisServer::start();
+    bounded(async {
+        let source = source(&server, "worker-1").await;
+        source.start().await.unwrap();
+        let fetch = tokio::spawn({
+            let source = source.clone();
+            async move { source.fetch().await }
+        });
+        wait_until_blocked(&server).await;
+        server.freeze();
+        let failed = tokio::time::timeout(Duration::from_secs(10), fetch)
+            .await
+            .expect("the fetch ends within its bound")
+            .unwrap();
+        server.resume();
+        let error = failed.expect_err("a frozen Redis is an error, not a job");
+        assert!(error.to_string().contains("BLMOVE"), "{error}");
+        source.enqueue(&Job::new("after", "")).await.unwrap();
+        let job = source.fetch().await.unwrap().expect("the job");
+        assert_eq!(job.id(), "after");
+    })
+    .await;
+}

@@ -1,5 +1,7 @@
 //! The command connection, shared, and the fetch connection's end.
 
+use std::time::Duration;
+
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, cmd};
 
@@ -8,14 +10,13 @@ use crate::errors::RedisSourceError;
 use super::source::RedisSource;
 
 impl RedisSource {
-    pub(super) fn connection_config(&self, response_timeout: bool) -> AsyncConnectionConfig {
-        let config =
-            AsyncConnectionConfig::new().set_connection_timeout(self.inner.connect_timeout);
-        if response_timeout {
-            config.set_response_timeout(self.inner.response_timeout)
-        } else {
-            config
-        }
+    /// A connection's settings: every command of it is answered within `response_timeout` or
+    /// fails, so a Redis that stops answering (a frozen host, a silent partition) is an error,
+    /// never a wait without end.
+    pub(super) fn connection_config(&self, response_timeout: Duration) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(self.inner.connect_timeout)
+            .set_response_timeout(response_timeout)
     }
 
     pub(super) async fn conn(&self) -> Result<MultiplexedConnection, RedisSourceError> {
@@ -25,7 +26,9 @@ impl RedisSource {
         let conn = self
             .inner
             .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config(true))
+            .get_multiplexed_async_connection_with_config(
+                &self.connection_config(self.inner.response_timeout),
+            )
             .await
             .map_err(RedisSourceError::Connect)?;
         *self.inner.conn.lock() = Some(conn.clone());

@@ -20,6 +20,11 @@ use super::codec::{decode, encode};
 use super::keys::{RedisKeys, check_name, default_process_id};
 use super::scripts::Scripts;
 
+/// How long one `BLMOVE` blocks in Redis before it answers nil and the fetch asks again: a
+/// fetch never waits on Redis without a bound, so a Redis that stops answering (a frozen host,
+/// a silent partition) shows as an error within this and the response timeout.
+const FETCH_BLOCK: Duration = Duration::from_secs(2);
+
 /// A Redis reliable queue (the pattern of Sidekiq Pro's super_fetch), over redis-rs async.
 ///
 /// - **fetch** moves a job atomically from the queue to this process's processing list
@@ -279,7 +284,9 @@ impl JobSource for RedisSource {
                         .inner
                         .client
                         .get_multiplexed_async_connection_with_config(
-                            &self.connection_config(false),
+                            // A blocked BLMOVE answers (nil) after FETCH_BLOCK: anything
+                            // longer than that and the response timeout is a silent Redis.
+                            &self.connection_config(FETCH_BLOCK + self.inner.response_timeout),
                         )
                         .await
                         .map_err(RedisSourceError::Connect)?;
@@ -302,7 +309,7 @@ impl JobSource for RedisSource {
                 .arg(&self.inner.keys.processing)
                 .arg("LEFT")
                 .arg("RIGHT")
-                .arg(0)
+                .arg(FETCH_BLOCK.as_secs())
                 .query_async(&mut conn)
                 .await;
             fetch.abandoned = false;
