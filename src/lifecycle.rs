@@ -144,7 +144,11 @@ async fn keep_stop_timeout(handle: LifecycleHandle) {
     let Some(deadlines) = shared.control.get().deadlines else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The runner sent the first extension with `STOPPING=1`; from a second on, each tick.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     loop {
         tick.tick().await;
         let left = deadlines.budget_left();

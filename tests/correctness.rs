@@ -688,3 +688,37 @@ async fn a_reload_ending_after_a_stop_began_does_not_announce_ready() {
         "{messages:?}"
     );
 }
+
+/// `STOPPING=1` is followed by one `EXTEND_TIMEOUT_USEC`, then one a second while the stop
+/// lasts: the keepalive no longer repeats the runner's first extension at once (every stop sent
+/// it twice).
+#[tokio::test(start_paused = true)]
+async fn the_stop_timeout_is_extended_once_then_every_second() {
+    let socket = NotifySocket::bind("extend-once");
+    let lifecycle = testing::builder()
+        .notify_socket(socket.path(), None)
+        .budget(Duration::from_secs(10))
+        .on_shutdown("two_and_a_half_seconds", |_ctx| async {
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+        })
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.readiness().wait_for(|ready| *ready).await.unwrap();
+    let _ = socket.drain();
+    handle.stop();
+    assert_eq!(run.await.unwrap().exit_code(), 0);
+    let messages = socket.drain();
+    let extensions: Vec<&String> = messages
+        .iter()
+        .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .collect();
+    // At the trigger, then at 1 s and 2 s into the 2.5 s shutdown hook.
+    assert_eq!(extensions.len(), 3, "{messages:?}");
+    let stopping = position(&messages, "STOPPING=1").expect("STOPPING=1");
+    assert!(
+        messages[stopping + 1].starts_with("EXTEND_TIMEOUT_USEC="),
+        "{messages:?}"
+    );
+}

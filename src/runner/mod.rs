@@ -56,7 +56,6 @@ pub(crate) struct Runner<'a> {
     /// Whether the trigger and quiet have been announced (logged and emitted).
     announced: bool,
     quiet_announced: bool,
-    settled: bool,
     forced: bool,
     cancelled_work: usize,
     outlived_grace: usize,
@@ -78,7 +77,6 @@ impl<'a> Runner<'a> {
             startup_failed: false,
             announced: false,
             quiet_announced: false,
-            settled: false,
             forced: false,
             cancelled_work: 0,
             outlived_grace: 0,
@@ -185,14 +183,13 @@ impl<'a> Runner<'a> {
         });
     }
 
-    /// Tells systemd the stop needs the rest of the budget (plus a second to exit); only once
-    /// `STOPPING=1` has been sent, since before it systemd has no stop timer to extend.
+    /// Tells systemd the stop needs the rest of the budget (plus a second to exit), right after
+    /// `STOPPING=1` (before it systemd has no stop timer to extend); the keepalive task repeats
+    /// it every second from then on.
     fn extend_timeout(&self) {
-        if let (Some(notifier), Some(deadlines), true) = (
-            &self.shared.config.notifier,
-            self.control().deadlines,
-            self.announced,
-        ) {
+        if let (Some(notifier), Some(deadlines)) =
+            (&self.shared.config.notifier, self.control().deadlines)
+        {
             notifier.extend_timeout(deadlines.budget_left() + Duration::from_secs(1));
         }
     }
@@ -291,10 +288,6 @@ impl<'a> Runner<'a> {
     /// Before the exit side: cancels work still in flight and gives it the grace to hand itself
     /// back. Named work still running is reported (what blocked the stop).
     async fn settle(&mut self) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
         let shared = self.shared;
         // An escalated or failed start skipped stop_intake and drain: their signals still hold.
         shared.end_intake_and_drain();
