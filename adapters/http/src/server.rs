@@ -39,7 +39,8 @@ pub const DEFAULT_NAME: &str = "http";
 pub const DEFAULT_KEEP_ALIVE_GRACE: Duration = Duration::from_millis(50);
 
 /// How long `NAME:close` lets connections that are closing gracefully finish (at most a quarter
-/// of the time the exit hook has).
+/// of the time the exit hook has), and then, if it had to cut some, as long again for their
+/// tasks to end: at most half the hook's time in all.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type StartFn = Box<dyn FnOnce(Arc<Shared>) -> BoxFuture<'static, ()> + Send>;
