@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lifecycle_hooks_kafka::MockCluster;
@@ -94,8 +95,8 @@ fn seed(servers: &str, topic: &str, count: usize) {
     producer.flush(Duration::from_secs(30)).expect("written");
 }
 
-/// Reads `topic` from the beginning until it holds `want` distinct payloads (bounded: 60 s),
-/// and returns how often each payload appears.
+/// Reads `topic` from the beginning until it holds `want` distinct payloads, then to its end
+/// (bounded: 60 s in all), and returns how often each payload appears.
 fn read_until(servers: &str, topic: &str, want: usize) -> BTreeMap<String, usize> {
     let consumer: BaseConsumer = config(servers)
         .set("group.id", "kafka-pipeline-test-reader")
@@ -121,16 +122,49 @@ fn read_until(servers: &str, topic: &str, want: usize) -> BTreeMap<String, usize
         if let Some(message) = consumer.poll(left.min(Duration::from_millis(500))) {
             let message = message.expect("a message");
             let payload = message.payload_view::<str>().and_then(Result::ok).unwrap();
-            *seen.entry(payload.to_owned()).or_insert(0) += 1;
+            // An earlier read's end marker is not a message of the pipeline.
+            if !payload.starts_with(END) {
+                *seen.entry(payload.to_owned()).or_insert(0) += 1;
+            }
         }
     }
-    // Whatever else is already there (duplicates), without waiting for more.
-    while let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-        let payload = message.payload_view::<str>().and_then(Result::ok).unwrap();
-        *seen.entry(payload.to_owned()).or_insert(0) += 1;
+    // Then the rest of the topic as it stands, duplicates included, to its end: an end marker
+    // appended to each partition marks it (an idle timeout could stop before a late copy).
+    static READS: AtomicUsize = AtomicUsize::new(0);
+    let end = format!("{END}{}", READS.fetch_add(1, Ordering::Relaxed));
+    let marker: BaseProducer = config(servers).create().expect("a producer");
+    for p in 0..PARTITIONS {
+        marker
+            .send(BaseRecord::<str, str>::to(topic).partition(p).payload(&end))
+            .map_err(|(e, _)| e)
+            .expect("the end marker is queued");
+    }
+    marker
+        .flush(Duration::from_secs(30))
+        .expect("the end markers are written");
+    let mut ended = 0;
+    while ended < PARTITIONS {
+        let left = give_up.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{ended} of {PARTITIONS} end markers in {topic} after 60 s"
+        );
+        if let Some(message) = consumer.poll(left) {
+            let message = message.expect("a message");
+            match message.payload_view::<str>().and_then(Result::ok).unwrap() {
+                payload if payload == end => ended += 1,
+                // An earlier read's marker.
+                payload if payload.starts_with(END) => {}
+                payload => *seen.entry(payload.to_owned()).or_insert(0) += 1,
+            }
+        }
     }
     seen
 }
+
+/// What `read_until` appends to each partition to find its end, numbered per read (a later read
+/// passes over the markers of the earlier ones).
+const END: &str = "__end_of_partition__";
 
 fn pipeline(servers: &str, group: &str, extra: &[&str]) -> Service {
     let mut args = vec![
@@ -161,11 +195,11 @@ fn mock() -> MockCluster {
 /// Runs the pipeline until the output holds every `m-0..m-<total>`; returns its summary.
 fn run_to_completion(servers: &str, group: &str, total: usize) -> HashMap<String, u64> {
     let service = pipeline(servers, group, &["--job-ms", "0"]);
-    let out = read_until(servers, "output", total);
+    // Waits for the output; what it holds is checked once every process has ended.
+    read_until(servers, "output", total);
     service.signal(Signal::SIGTERM);
     let (lines, status) = service.finish();
     assert_eq!(status.code(), Some(0), "{lines:?}");
-    let _ = out;
     summary(&lines)
 }
 
