@@ -127,6 +127,10 @@ fn snapshots_from_other_threads_race_the_source_and_the_phases() {
                         if k == 0 {
                             listed.begin(&format!("item {i}"));
                         }
+                        if k == 1 && i == 1_000 {
+                            // The phases move on while the snapshots go on.
+                            handle.stop();
+                        }
                         seen = seen.max(handle.snapshot().work.len());
                     }
                     seen
@@ -136,9 +140,13 @@ fn snapshots_from_other_threads_race_the_source_and_the_phases() {
         let seen: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         // The thread that adds the items sees each one in its own next snapshot.
         assert_eq!(seen[0], 2_000);
-        assert_eq!(handle.snapshot().work.len(), 2_000);
-        handle.stop();
         assert_eq!(run.await.unwrap().exit_code(), 0);
+        let work = handle.snapshot().work;
+        assert_eq!(work.len(), 2_000);
+        // Oldest first, each with the phase it began in: the phases never go backwards.
+        let order = |phase: &Phase| Phase::BUILTIN.iter().position(|p| p == phase).unwrap();
+        let phases: Vec<usize> = work.iter().map(|w| order(&w.phase)).collect();
+        assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
     });
 }
 
