@@ -39,7 +39,8 @@ pub(crate) enum Escalation {
     Immediate(Signal),
 }
 
-/// The lifecycle's trigger state, held in a `watch` channel so the runner can await changes.
+/// The lifecycle's trigger state, held in a [`ControlCell`] (one mutex, copied out whole) beside a
+/// version `watch` channel, so the runner can await changes.
 ///
 /// `Copy`, so readers copy it out of the channel and never hold a borrow while they use it.
 #[derive(Clone, Copy, Debug)]
@@ -148,12 +149,12 @@ impl ControlCell {
     }
 
     /// Applies `change`, which says whether it changed anything; waiters hear of a change.
-    pub(crate) fn update(&self, change: impl FnOnce(&mut Control) -> bool) -> bool {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Control) -> bool) {
+        // The guard is a temporary: dropped before the version moves.
         let changed = change(&mut self.state.lock());
         if changed {
             self.version.send_modify(|version| *version += 1);
         }
-        changed
     }
 
     /// A waiter for changes, subscribed now (so it misses no change after this call).

@@ -13,8 +13,8 @@
 //! 5. Time comes from the stop's one [`Deadlines`](crate::Deadlines) value: the drain deadline
 //!    bounds every hook before the exit side (startup hooks included), the end of the budget
 //!    bounds the exit side.
-//! 6. The control channel is only read by copying its value out (`Runner::control`); no borrow
-//!    is held across another borrow or an await.
+//! 6. The control state is only read by copying it out of its `ControlCell`
+//!    (`Runner::control`); no lock of it is held across another lock of it or an await.
 //! 7. systemd hears `STOPPING=1` only once a stop or restart has begun (never for quiet), and
 //!    `EXTEND_TIMEOUT_USEC` only after it; `READY=1` only when `running` is entered unquieted.
 //! 8. A teardown hook (`teardown_of`) runs only if its startup hook ran and succeeded.
