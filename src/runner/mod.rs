@@ -98,8 +98,6 @@ impl<'a> Runner<'a> {
                 self.run_phase(index).await;
             }
         }
-        // Startup is where listeners are claimed: what was passed in and not claimed goes.
-        crate::fdstore::release_unclaimed(self.shared.config.notifier.as_ref());
         let control = self.control();
         if self.startup_failed || control.escalated() {
             if self.startup_failed {
@@ -116,6 +114,11 @@ impl<'a> Runner<'a> {
                 self.announce();
                 self.skip_phase(plan.running);
             } else {
+                // Startup is over and claimed its listeners: what was passed in and not claimed
+                // goes. Only here: a start cut short (a restart during startup) keeps the store
+                // whole for the next process, whose startup may claim what this one never
+                // reached.
+                crate::fdstore::release_unclaimed(self.shared.config.notifier.as_ref());
                 self.run_phase(plan.running).await;
             }
             for index in plan.running + 1..plan.exit_side {
