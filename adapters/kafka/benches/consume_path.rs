@@ -13,7 +13,10 @@
 //! handed over in batches to another thread that drops it (what any handler that owns the
 //! message off the poll thread implies).
 //!
-//! `CONSUME_PATH_ROUNDS=<n>` sets the number of rounds (default 3).
+//! `CONSUME_PATH_ROUNDS=<n>` sets the number of rounds (default 3),
+//! `CONSUME_PATH_MESSAGES=<n>` the messages per round (default 40 000), and
+//! `CONSUME_PATH_ONLY=raw|ours|none` runs one side alone (`none`: only the topic's fill), for
+//! profilers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +33,18 @@ use lifecycle_hooks_kafka::{Consumer, MockCluster};
 use tokio::sync::Notify;
 
 const PARTITIONS: i32 = 4;
-const MESSAGES: u64 = 40_000;
+/// Messages per round, unless `CONSUME_PATH_MESSAGES` says otherwise.
+const DEFAULT_MESSAGES: u64 = 40_000;
+
+fn messages() -> u64 {
+    static MESSAGES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MESSAGES.get_or_init(|| {
+        std::env::var("CONSUME_PATH_MESSAGES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGES)
+    })
+}
 const ROUNDS: usize = 3;
 const TOPIC: &str = "bench";
 /// `ConsumerBuilder::buffer`'s default.
@@ -46,7 +60,7 @@ fn fill(cluster: &MockCluster) {
         .create()
         .expect("a producer");
     let payload = [7u8; 100];
-    for i in 0..MESSAGES {
+    for i in 0..messages() {
         let partition = (i % PARTITIONS as u64) as i32;
         let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
             .partition(partition)
@@ -79,7 +93,7 @@ async fn raw(cluster: &MockCluster, group: &str) -> Duration {
     let consumer: StreamConsumer = config(cluster, group).create().expect("a consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribed");
     let mut first = None;
-    for _ in 0..MESSAGES {
+    for _ in 0..messages() {
         let message = consumer.recv().await.expect("a message");
         first.get_or_insert_with(Instant::now);
         consumer
@@ -105,7 +119,7 @@ async fn poll_detach(cluster: &MockCluster, group: &str, elsewhere: bool) -> Dur
         let mut batch = Vec::with_capacity(256);
         let mut first = None;
         let mut seen = 0;
-        while seen < MESSAGES {
+        while seen < messages() {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     first.get_or_insert_with(Instant::now);
@@ -113,7 +127,7 @@ async fn poll_detach(cluster: &MockCluster, group: &str, elsewhere: bool) -> Dur
                     seen += 1;
                     if elsewhere {
                         batch.push(copy);
-                        if batch.len() == 256 || seen == MESSAGES {
+                        if batch.len() == 256 || seen == messages() {
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
                             hand_over.send(full).expect("the dropping thread");
                         }
@@ -146,7 +160,7 @@ async fn ours(cluster: &MockCluster, group: &str, buffer: usize) -> Duration {
             let (handled, done, first) = (handled.clone(), done.clone(), first.clone());
             move |_message, _lifecycle| {
                 first.get_or_init(Instant::now);
-                if handled.fetch_add(1, Ordering::Relaxed) + 1 == MESSAGES {
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages() {
                     done.notify_one();
                 }
                 std::future::ready(Ok(()))
@@ -169,7 +183,7 @@ async fn ours(cluster: &MockCluster, group: &str, buffer: usize) -> Duration {
         "{outcome}: {:?}",
         outcome.failures()
     );
-    assert_eq!(consumer.stats().committed, MESSAGES);
+    assert_eq!(consumer.stats().committed, messages());
     took
 }
 
@@ -179,7 +193,7 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 }
 
 fn rate(took: Duration) -> f64 {
-    MESSAGES as f64 / took.as_secs_f64()
+    messages() as f64 / took.as_secs_f64()
 }
 
 fn main() {
@@ -200,6 +214,22 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(ROUNDS)
     };
+    // For profilers (perf, callgrind): one side only, `rounds` times, with nothing else.
+    if let Ok(only) = std::env::var("CONSUME_PATH_ONLY") {
+        runtime.block_on(async {
+            for round in 0..rounds {
+                let group = format!("{only}-{round}");
+                let took = match only.as_str() {
+                    "raw" => raw(&cluster, &group).await,
+                    "ours" => ours(&cluster, &group, DEFAULT_BUFFER).await,
+                    "none" => Duration::ZERO,
+                    other => panic!("CONSUME_PATH_ONLY={other}: expected raw, ours or none"),
+                };
+                println!("{only} round {round}: {:.0} msg/s", rate(took));
+            }
+        });
+        return;
+    }
     let (mut raws, mut ourss, mut unpauseds) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ceilings, mut handed_over) = (Vec::new(), Vec::new());
     runtime.block_on(async {

@@ -32,7 +32,7 @@ pub(crate) fn deadline_after(
 
 pub use cluster::MockCluster;
 pub use consumer::{
-    Consumer, ConsumerBuilder, ConsumerStats,
+    ConsumedMessage, Consumer, ConsumerBuilder, ConsumerStats,
     DEFAULT_CLOSE_HOOK_NAME as DEFAULT_CONSUMER_CLOSE_HOOK_NAME, DEFAULT_PAUSE_HOOK_NAME,
     DEFAULT_REVOKE_TIMEOUT, DEFAULT_SUBSCRIBE_HOOK_NAME, RebalanceEvent,
 };

@@ -14,10 +14,9 @@ use std::time::Duration;
 use lifecycle_hooks::testing::{self, Recorder};
 use lifecycle_hooks::{LifecycleHandle, Outcome};
 use lifecycle_hooks_kafka::rdkafka::Message;
-use lifecycle_hooks_kafka::rdkafka::message::OwnedMessage;
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
 use lifecycle_hooks_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use lifecycle_hooks_kafka::{Consumer, ConsumerBuilder, RebalanceEvent};
+use lifecycle_hooks_kafka::{ConsumedMessage, Consumer, ConsumerBuilder, RebalanceEvent};
 use support::Broker;
 use tokio::sync::{mpsc, watch};
 
@@ -63,7 +62,7 @@ fn consumer(broker: &Broker, group: &str, topic: &str) -> ConsumerBuilder {
 }
 
 /// `(partition, offset)` of a message.
-fn at(message: &OwnedMessage) -> (i32, i64) {
+fn at(message: &ConsumedMessage) -> (i32, i64) {
     (message.partition(), message.offset())
 }
 

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lifecycle_hooks::{Event, Lifecycle, LifecycleHandle, Outcome};
+use lifecycle_hooks_kafka::ConsumedMessage;
 use lifecycle_hooks_kafka::rdkafka::Message;
-use lifecycle_hooks_kafka::rdkafka::message::OwnedMessage;
 use lifecycle_hooks_kafka::rdkafka::producer::FutureRecord;
 use lifecycle_hooks_kafka::{Consumer, Producer};
 
@@ -125,7 +125,7 @@ async fn main() -> Result<Outcome, BoxError> {
     let consumer = consumer.build({
         let (producer, output, job) = (producer_cell.clone(), options.output.clone(), options.job);
         let closed_errors = closed_errors.clone();
-        move |message: OwnedMessage, _lifecycle: LifecycleHandle| {
+        move |message: ConsumedMessage, _lifecycle: LifecycleHandle| {
             let (producer, output) = (producer.clone(), output.clone());
             let closed_errors = closed_errors.clone();
             async move {
@@ -192,7 +192,7 @@ async fn main() -> Result<Outcome, BoxError> {
 /// One message: work for `job`, then produce the derived message and wait for its delivery.
 /// At the drain deadline it is dropped mid-way: its offset is not committed, it comes again.
 async fn work(
-    message: OwnedMessage,
+    message: ConsumedMessage,
     job: Duration,
     producer: &Producer,
     output: &str,

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::ConsumedMessage;
 use lifecycle_hooks::LifecycleHandle;
 use rdkafka::ClientConfig;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::OwnedMessage;
 
 use super::poll::{PollContext, RebalanceCallback, RebalanceEvent};
 use super::state::Shared;
@@ -195,7 +195,7 @@ impl ConsumerBuilder {
     /// if librdkafka rejects the configuration.
     pub fn build<F, Fut>(self, handler: F) -> Result<Consumer, BuildError>
     where
-        F: Fn(OwnedMessage, LifecycleHandle) -> Fut + Send + Sync + 'static,
+        F: Fn(ConsumedMessage, LifecycleHandle) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         let handler: Arc<Handler> =

@@ -4,6 +4,7 @@
 
 mod builder;
 mod hooks;
+mod message;
 mod poll;
 mod state;
 
@@ -21,7 +22,6 @@ use lifecycle_hooks::LifecycleHandle;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::OwnedMessage;
 
 use crate::cluster::MockCluster;
 
@@ -29,6 +29,7 @@ pub use builder::{
     ConsumerBuilder, DEFAULT_CLOSE_HOOK_NAME, DEFAULT_PAUSE_HOOK_NAME, DEFAULT_REVOKE_TIMEOUT,
     DEFAULT_SUBSCRIBE_HOOK_NAME,
 };
+pub use message::ConsumedMessage;
 pub use poll::RebalanceEvent;
 pub use state::ConsumerStats;
 
@@ -37,7 +38,7 @@ use state::{Key, Live, RUN, Shared, State};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-type Handler = dyn Fn(OwnedMessage, LifecycleHandle) -> BoxFuture + Send + Sync;
+type Handler = dyn Fn(ConsumedMessage, LifecycleHandle) -> BoxFuture + Send + Sync;
 
 /// A Kafka consumer bound to a lifecycle, in the spirit of Karafka: it subscribes at startup,
 /// fetches once the service is ready, pauses at `stop_intake` while it keeps serving the group,
@@ -184,14 +185,14 @@ struct Run {
     live: Arc<Live>,
     generation: u64,
     cleared: u64,
-    messages: VecDeque<OwnedMessage>,
+    messages: VecDeque<ConsumedMessage>,
     ended: Vec<i64>,
 }
 
 impl Run {
     /// The next message of the run, unless intake stopped or the partition's buffered
     /// messages were dropped since the run was taken (invariant 4): then the rest is dropped.
-    fn next(&mut self, shared: &Shared) -> Option<OwnedMessage> {
+    fn next(&mut self, shared: &Shared) -> Option<ConsumedMessage> {
         // Acquire: pairs with `Part::clear`'s Release bump.
         if !shared.open() || self.live.cleared.load(Ordering::Acquire) != self.cleared {
             self.messages.clear();
@@ -216,7 +217,7 @@ impl Inner {
     fn on_messages(
         self: &Arc<Self>,
         lifecycle: &LifecycleHandle,
-        messages: &mut Vec<OwnedMessage>,
+        messages: &mut Vec<ConsumedMessage>,
     ) {
         let shared = &*self.shared;
         let mut state = shared.lock();
@@ -585,6 +586,20 @@ impl Inner {
         drop(state);
         // The poll thread, if it waits for room, goes back to polling.
         self.shared.room.notify_one();
+    }
+}
+
+/// Fetched messages that never reached a handler sit in the partitions' buffers, in `Shared`,
+/// which the client's own context holds; each message holds the client. Dropping them here,
+/// when the last handle goes (no slot runs then: each holds an `Inner`), breaks that cycle, so
+/// the client is destroyed (its threads joined) with the `Inner` even if the consumer never
+/// closed. The client itself is dropped after this, with the fields.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        for part in state.parts.iter_mut() {
+            part.queue.clear();
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::Inner;
 use super::state::{Key, Shared};
+use super::{ConsumedMessage, Inner};
 
 /// A rebalance callback, see [`ConsumerBuilder::on_rebalance`](crate::ConsumerBuilder::on_rebalance).
 pub(crate) type RebalanceCallback = dyn Fn(RebalanceEvent<'_>) + Send + Sync;
@@ -49,7 +49,7 @@ pub(crate) struct PollContext {
     pub(crate) revoke_timeout: Duration,
     pub(crate) on_rebalance: Option<Arc<RebalanceCallback>>,
     /// For pausing partitions assigned after intake stopped.
-    pub(crate) inner: std::sync::OnceLock<Weak<Inner>>,
+    pub(super) inner: std::sync::OnceLock<Weak<Inner>>,
 }
 
 impl ClientContext for PollContext {}
@@ -279,10 +279,12 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
             Some(Ok(message)) => {
                 // What librdkafka has ready goes over in one batch: one lock, one slot start
                 // per partition, not one per message.
-                batch.push(message.detach());
+                batch.push(ConsumedMessage::new(message, &inner.client));
                 while batch.len() < BATCH {
                     match client.poll(Duration::ZERO) {
-                        Some(Ok(message)) => batch.push(message.detach()),
+                        Some(Ok(message)) => {
+                            batch.push(ConsumedMessage::new(message, &inner.client))
+                        }
                         Some(Err(error)) => {
                             tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error");
                             break;

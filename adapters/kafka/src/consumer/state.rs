@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::OwnedMessage;
 use tokio::sync::Notify;
 
 /// A partition: `(topic, partition)`.
@@ -95,7 +94,7 @@ pub(crate) struct Part {
     /// A slot holds a run of this partition (one of its messages may be running).
     pub(crate) in_flight: bool,
     /// Fetched, not started.
-    pub(crate) queue: VecDeque<OwnedMessage>,
+    pub(crate) queue: VecDeque<super::ConsumedMessage>,
     /// Paused because `queue` stayed full longer than the poll thread waits for room (not
     /// because intake stopped).
     pub(crate) backpressure: bool,
