@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use super::poll::{PollContext, RebalanceCallback, RebalanceEvent};
 use super::state::Shared;
-use super::{BoxError, Consumer, Handler, Inner};
+use super::{BoxError, Consumer, Inner, Runner, run_slot};
 use crate::cluster::MockCluster;
 use crate::errors::BuildError;
 
@@ -198,8 +198,12 @@ impl ConsumerBuilder {
         F: Fn(ConsumedMessage, LifecycleHandle) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let handler: Arc<Handler> =
-            Arc::new(move |message, lifecycle| Box::pin(handler(message, lifecycle)));
+        // The slot's loop is compiled for this handler: its futures are neither boxed nor
+        // called through a `dyn` per message; only each slot is (see `Runner`).
+        let handler = Arc::new(handler);
+        let runner: Arc<Runner> = Arc::new(move |inner, lifecycle, run| {
+            Box::pin(run_slot(inner, Arc::clone(&handler), lifecycle, run))
+        });
         let (cluster, bootstrap_servers) = match self.bootstrap_servers {
             Some(servers) => (None, servers),
             None => {
@@ -228,7 +232,7 @@ impl ConsumerBuilder {
         let inner = Arc::new(Inner {
             client: Arc::new(client),
             shared,
-            handler,
+            runner,
             topics: self.topics,
             group: self.group,
             bootstrap_servers,

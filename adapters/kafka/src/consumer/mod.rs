@@ -37,8 +37,10 @@ use poll::{PollContext, PollThread};
 use state::{Key, Live, RUN, Shared, State};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-type Handler = dyn Fn(ConsumedMessage, LifecycleHandle) -> BoxFuture + Send + Sync;
+type SlotFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Starts a slot's loop ([`run_slot`]) for the consumer's handler: the one place the handler's
+/// type is erased, once per slot, not per message.
+type Runner = dyn Fn(Arc<Inner>, LifecycleHandle, Run) -> SlotFuture + Send + Sync;
 
 /// A Kafka consumer bound to a lifecycle, in the spirit of Karafka: it subscribes at startup,
 /// fetches once the service is ready, pauses at `stop_intake` while it keeps serving the group,
@@ -104,7 +106,7 @@ pub struct Consumer {
 struct Inner {
     client: Arc<BaseConsumer<PollContext>>,
     shared: Arc<Shared>,
-    handler: Arc<Handler>,
+    runner: Arc<Runner>,
     topics: Vec<String>,
     group: String,
     bootstrap_servers: String,
@@ -389,63 +391,7 @@ impl Inner {
 
     /// Spawns a slot running `run`, then whatever it takes next, as tracked work.
     fn spawn_slot(self: &Arc<Self>, lifecycle: &LifecycleHandle, run: Run) {
-        let inner = Arc::clone(self);
-        let handle = lifecycle.clone();
-        lifecycle.spawn(async move { inner.run_slot(handle, run).await });
-    }
-
-    /// A slot: runs messages until none waits for it. A message is named lifecycle work
-    /// (`kafka <topic>/<partition>@<offset>`, in the state dump and the stuck-work report) from
-    /// its handler's first `Pending` on: a handler that completes at its first poll never
-    /// waits, so it is never seen running, and is not registered by name.
-    async fn run_slot(self: Arc<Self>, lifecycle: LifecycleHandle, run: Run) {
-        let mut slot = Slot {
-            inner: &self,
-            lifecycle: &lifecycle,
-            run,
-            current: None,
-            done: false,
-        };
-        loop {
-            while let Some(message) = slot.run.next(&self.shared) {
-                let offset = message.offset();
-                slot.current = Some(offset);
-                slot.run.live.offset.store(offset, Ordering::Relaxed);
-                self.shared.fetched.fetch_add(1, Ordering::Relaxed);
-                let mut future = (self.handler)(message, lifecycle.clone());
-                let result =
-                    match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-                        Poll::Ready(result) => result,
-                        Poll::Pending => {
-                            let live = &slot.run.live;
-                            let _named = lifecycle.work_guard_named(format!(
-                                "kafka {}/{}@{offset}",
-                                live.topic, live.partition
-                            ));
-                            future.await
-                        }
-                    };
-                match result {
-                    Ok(()) => self.shared.processed.fetch_add(1, Ordering::Relaxed),
-                    Err(error) => {
-                        let live = &slot.run.live;
-                        tracing::warn!(
-                            target: "lifecycle_hooks_kafka",
-                            topic = %live.topic, partition = live.partition, offset,
-                            error = %error,
-                            "Kafka message handler failed; moving past the message"
-                        );
-                        self.shared.failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                slot.current = None;
-                slot.run.ended.push(offset);
-            }
-            if !self.end_run(&lifecycle, &mut slot.run, None, true) {
-                slot.done = true;
-                return;
-            }
-        }
+        lifecycle.spawn((self.runner)(Arc::clone(self), lifecycle.clone(), run));
     }
 
     /// A run ended — all its messages ended, or the rest was dropped, or (from `Slot`'s drop)
@@ -599,6 +545,64 @@ impl Drop for Inner {
         let mut state = self.shared.lock();
         for part in state.parts.iter_mut() {
             part.queue.clear();
+        }
+    }
+}
+
+/// A slot: runs messages until none waits for it. A message is named lifecycle work
+/// (`kafka <topic>/<partition>@<offset>`, in the state dump and the stuck-work report) from
+/// its handler's first `Pending` on: a handler that completes at its first poll never
+/// waits, so it is never seen running, and is not registered by name.
+async fn run_slot<F, Fut>(inner: Arc<Inner>, handler: Arc<F>, lifecycle: LifecycleHandle, run: Run)
+where
+    F: Fn(ConsumedMessage, LifecycleHandle) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let mut slot = Slot {
+        inner: &inner,
+        lifecycle: &lifecycle,
+        run,
+        current: None,
+        done: false,
+    };
+    loop {
+        while let Some(message) = slot.run.next(&inner.shared) {
+            let offset = message.offset();
+            slot.current = Some(offset);
+            slot.run.live.offset.store(offset, Ordering::Relaxed);
+            inner.shared.fetched.fetch_add(1, Ordering::Relaxed);
+            let mut future = std::pin::pin!(handler(message, lifecycle.clone()));
+            let result =
+                match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        let live = &slot.run.live;
+                        let _named = lifecycle.work_guard_named(format!(
+                            "kafka {}/{}@{offset}",
+                            live.topic, live.partition
+                        ));
+                        future.await
+                    }
+                };
+            match result {
+                Ok(()) => inner.shared.processed.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    let live = &slot.run.live;
+                    tracing::warn!(
+                        target: "lifecycle_hooks_kafka",
+                        topic = %live.topic, partition = live.partition, offset,
+                        error = %error,
+                        "Kafka message handler failed; moving past the message"
+                    );
+                    inner.shared.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            slot.current = None;
+            slot.run.ended.push(offset);
+        }
+        if !inner.end_run(&lifecycle, &mut slot.run, None, true) {
+            slot.done = true;
+            return;
         }
     }
 }
