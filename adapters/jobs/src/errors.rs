@@ -109,6 +109,12 @@ pub enum RedisSourceError {
         /// The name given.
         value: String,
     },
+    /// A timeout of zero, with which every command (or connection) would fail at once.
+    #[error("invalid {what} of zero: give a positive duration (`Duration::MAX` for no bound)")]
+    InvalidTimeout {
+        /// Which timeout.
+        what: &'static str,
+    },
     /// Connecting to Redis failed.
     #[error("could not connect to Redis")]
     Connect(#[source] redis::RedisError),

@@ -651,3 +651,66 @@ async fn a_fetch_from_a_frozen_redis_fails_within_its_bound() {
     })
     .await;
 }
+
+/// Hostile settings: zero timeouts are refused with an error naming the setting; `Duration::MAX`
+/// everywhere (lease, response and connect timeouts) works: jobs run, the heartbeat starts,
+/// and the lease Redis holds is capped, not wrapped around.
+#[tokio::test]
+async fn zero_timeouts_are_refused_by_name_and_duration_max_works() {
+    init_tracing();
+    let server = RedisServer::start();
+    bounded(async {
+        for (name, builder) in [
+            (
+                "response timeout",
+                RedisSource::builder(server.client(), "work").response_timeout(Duration::ZERO),
+            ),
+            (
+                "connect timeout",
+                RedisSource::builder(server.client(), "work").connect_timeout(Duration::ZERO),
+            ),
+        ] {
+            let error = builder
+                .connect()
+                .await
+                .expect_err("a zero timeout is refused");
+            assert!(
+                error.to_string().contains(name),
+                "the error names the {name}: {error}"
+            );
+        }
+        let source = RedisSource::builder(server.client(), "work")
+            .process_id("unbounded")
+            .lease(Duration::MAX)
+            .response_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .connect()
+            .await
+            .expect("Duration::MAX is accepted");
+        let jobs: Vec<Job> = (0..3).map(|n| Job::new(format!("fast-{n}"), "x")).collect();
+        source.enqueue_all(&jobs).await.unwrap();
+        let (pool, mut rx) = pool(source.clone(), 2);
+        let lifecycle = testing::builder().hooks(pool.hooks()).build().unwrap();
+        let handle = lifecycle.handle();
+        let run = tokio::spawn(lifecycle.run());
+        started(&mut rx, 3).await;
+        let mut redis = raw(&server).await;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&source.keys().alive)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let cap = RedisSource::MAX_LEASE.as_millis() as i64;
+        assert!(
+            ttl > cap - 60_000 && ttl <= cap,
+            "the lease is capped at {cap} ms, Redis holds {ttl} ms"
+        );
+        handle.stop();
+        let outcome = run.await.unwrap();
+        assert_eq!(outcome.exit_code(), 0, "{outcome}");
+        let counters = pool.counters();
+        assert_eq!((counters.fetched, counters.completed), (3, 3));
+        assert_settled(counters);
+    })
+    .await;
+}

@@ -166,19 +166,22 @@ impl RedisSourceBuilder {
 
     /// How long this process's lease lasts without a refresh (default 30 s); it is refreshed
     /// every third of that. After a crash, other processes recover its jobs once it expired.
+    /// Kept between 3 ms and [`RedisSource::MAX_LEASE`].
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
     }
 
     /// How long a command (not the blocking fetch) may wait for its answer (default 2 s). A
-    /// requeue that times out is retried by the pool with backoff.
+    /// requeue that times out is retried by the pool with backoff. `Duration::MAX`: no bound;
+    /// zero is refused by [`connect`](Self::connect).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
     }
 
-    /// How long connecting may take (default 2 s).
+    /// How long connecting may take (default 2 s). `Duration::MAX`: no bound; zero is refused
+    /// by [`connect`](Self::connect).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -188,20 +191,31 @@ impl RedisSourceBuilder {
     ///
     /// # Errors
     ///
-    /// [`RedisSourceError::InvalidName`] for a name that would break the key layout, or
+    /// [`RedisSourceError::InvalidName`] for a name that would break the key layout,
+    /// [`RedisSourceError::InvalidTimeout`] for a zero timeout, or
     /// [`RedisSourceError::Connect`].
     pub async fn connect(self) -> Result<RedisSource, RedisSourceError> {
         let process = self.process.unwrap_or_else(default_process_id);
         check_name("namespace", &self.namespace)?;
         check_name("queue name", &self.queue)?;
         check_name("process id", &process)?;
+        for (what, timeout) in [
+            ("response timeout", self.response_timeout),
+            ("connect timeout", self.connect_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(RedisSourceError::InvalidTimeout { what });
+            }
+        }
         let source = RedisSource {
             inner: Arc::new(Inner {
                 keys: RedisKeys::new(&self.namespace, &self.queue, &process),
                 client: self.client,
                 queue: Arc::from(self.queue),
                 process,
-                lease: self.lease.max(Duration::from_millis(3)),
+                lease: self
+                    .lease
+                    .clamp(Duration::from_millis(3), RedisSource::MAX_LEASE),
                 response_timeout: self.response_timeout,
                 connect_timeout: self.connect_timeout,
                 conn: Mutex::new(None),
@@ -219,6 +233,11 @@ impl RedisSourceBuilder {
 }
 
 impl RedisSource {
+    /// The longest lease (365 days): a longer one given to
+    /// [`lease`](RedisSourceBuilder::lease) is cut to this. Redis refuses expiry times that
+    /// overflow its clock, and the heartbeat's first tick must be a reachable instant.
+    pub const MAX_LEASE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// A builder for a source serving `queue` through `client`.
     pub fn builder(client: Client, queue: impl Into<String>) -> RedisSourceBuilder {
         RedisSourceBuilder {
@@ -286,7 +305,9 @@ impl JobSource for RedisSource {
                         .get_multiplexed_async_connection_with_config(
                             // A blocked BLMOVE answers (nil) after FETCH_BLOCK: anything
                             // longer than that and the response timeout is a silent Redis.
-                            &self.connection_config(FETCH_BLOCK + self.inner.response_timeout),
+                            &self.connection_config(
+                                FETCH_BLOCK.saturating_add(self.inner.response_timeout),
+                            ),
                         )
                         .await
                         .map_err(RedisSourceError::Connect)?;
