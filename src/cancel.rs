@@ -63,10 +63,130 @@ fn this_threads_shard() -> usize {
     SHARD.with(|shard| usize::from(*shard))
 }
 
+/// What this thread is polling, while it polls a spawned task's future: the task's owner and
+/// waker, and whether one of the owner's [`Milestone`](crate::Milestone)s covers the task (see
+/// [`claim`]). `owner` is 0 between such polls.
+#[derive(Clone, Copy)]
+#[cfg_attr(
+    lifecycle_loom,
+    allow(dead_code, reason = "loom models run without the shortcut")
+)]
+struct Polling {
+    /// The owner's address (the lifecycle's `Shared`): its identity, never dereferenced.
+    owner: usize,
+    /// The task's waker, as `Waker::data` and `Waker::vtable` addresses.
+    data: usize,
+    vtable: usize,
+    /// The address of a milestone future of this owner that returned `Pending` in this poll,
+    /// registered with this task's waker, and still lives; 0 if none.
+    covered: usize,
+}
+
+const IDLE: Polling = Polling {
+    owner: 0,
+    data: 0,
+    vtable: 0,
+    covered: 0,
+};
+
+#[cfg(not(lifecycle_loom))]
+thread_local! {
+    static POLLING: std::cell::Cell<Polling> = const { std::cell::Cell::new(IDLE) };
+}
+
+/// The waker's identity, as [`Waker::will_wake`] compares it.
+#[cfg_attr(
+    lifecycle_loom,
+    allow(dead_code, reason = "loom models run without the shortcut")
+)]
+fn waker_identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
+}
+
+/// Called by a milestone future of the lifecycle at `owner` (its address) when it returns
+/// `Pending` having registered `waker`, the milestone future itself at address `at`: if this
+/// thread is polling a task spawned on that same lifecycle, with that same waker, the task is
+/// *covered*: the milestone wakes it no later than the cancellation at the drain deadline
+/// (`Shared::cancel_work` cancels the milestones' tokens before it fires [`CancelWake`]), so
+/// the task needs no waker of its own in the shards.
+pub(crate) fn claim(owner: usize, waker: &Waker, at: usize) {
+    #[cfg(not(lifecycle_loom))]
+    let _ = POLLING.try_with(|polling| {
+        let mut now = polling.get();
+        if now.owner == owner && (now.data, now.vtable) == waker_identity(waker) {
+            now.covered = at;
+            polling.set(now);
+        }
+    });
+    #[cfg(lifecycle_loom)]
+    let _ = (owner, waker, at);
+}
+
+/// Called when the milestone future at `at` is dropped: if it covered the task being polled,
+/// that task is covered no more (its registration on the milestone went with it).
+pub(crate) fn release(at: usize) {
+    #[cfg(not(lifecycle_loom))]
+    let _ = POLLING.try_with(|polling| {
+        let mut now = polling.get();
+        if now.owner != 0 && now.covered == at {
+            now.covered = 0;
+            polling.set(now);
+        }
+    });
+    #[cfg(lifecycle_loom)]
+    let _ = at;
+}
+
+/// Starts a poll of a task of `owner` with `waker`; returns what to restore after it.
+#[inline]
+fn enter(owner: usize, waker: &Waker) -> Polling {
+    #[cfg(not(lifecycle_loom))]
+    {
+        let (data, vtable) = waker_identity(waker);
+        POLLING
+            .try_with(|polling| {
+                polling.replace(Polling {
+                    owner,
+                    data,
+                    vtable,
+                    covered: 0,
+                })
+            })
+            .unwrap_or(IDLE)
+    }
+    #[cfg(lifecycle_loom)]
+    {
+        let _ = (owner, waker);
+        IDLE
+    }
+}
+
+/// Ends a poll started by [`enter`]: restores `outer` (a poll this one is nested in) and
+/// returns whether a milestone covered the task.
+#[inline]
+fn leave(outer: Polling) -> bool {
+    #[cfg(not(lifecycle_loom))]
+    {
+        POLLING
+            .try_with(|polling| polling.replace(outer).covered != 0)
+            .unwrap_or(false)
+    }
+    #[cfg(lifecycle_loom)]
+    {
+        let _ = outer;
+        false
+    }
+}
+
 /// The cancellation at the drain deadline, for tasks spawned by [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn).
 ///
-/// A task whose first poll returns `Pending` registers its waker in the shard of the thread
-/// polling it; when its work ends (or its future is dropped) it takes the waker out again.
+/// A task that waits on one of its own lifecycle's milestones (`draining()`, ...) registers
+/// nothing: the milestone's token, cancelled before [`fire`](Self::fire), wakes it (see
+/// [`claim`]); it pays for no lock and no entry. Any other task whose poll returns `Pending`
+/// registers its waker in the shard of the thread polling it, once; when its work ends (or its future is dropped) it takes the waker out again.
 /// [`fire`](Self::fire) sets the flag, then closes each shard and wakes what it held. So a task
 /// locks one shard twice in its life, a lock the other workers rarely touch (one shard per
 /// thread, round-robin), and carries one pointer and a key, not a waiter of its own.
@@ -204,10 +324,11 @@ where
     P: Deref<Target: CancelOwner>,
 {
     /// After a poll that returned `Pending`: whether the task is cancelled. On the first such
-    /// poll, registers `waker` unless the shard has closed. `Cancellable` is always the whole
-    /// future of its own tokio task, whose waker never changes, so one registration holds.
-    fn cancelled(&mut self, waker: &Waker) -> bool {
-        if self.key != UNREGISTERED {
+    /// poll that a milestone did not cover, registers `waker` unless the shard has closed.
+    /// `Cancellable` is always the whole future of its own tokio task, whose waker never
+    /// changes, so one registration holds.
+    fn cancelled(&mut self, waker: &Waker, covered: bool) -> bool {
+        if self.key != UNREGISTERED || covered {
             // Acquire: see invariant 1.
             return self.owner.cancel_wake().fired.load(Ordering::Acquire);
         }
@@ -337,9 +458,13 @@ where
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let fut = this.fut;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+        let owner = std::ptr::from_ref::<P::Target>(&*this.slot.owner) as *const () as usize;
+        let outer = enter(owner, cx.waker());
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
+        let covered = leave(outer);
+        match polled {
             Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Some(output)),
-            Ok(std::task::Poll::Pending) if this.slot.cancelled(cx.waker()) => {
+            Ok(std::task::Poll::Pending) if this.slot.cancelled(cx.waker(), covered) => {
                 std::task::Poll::Ready(None)
             }
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
@@ -351,6 +476,82 @@ where
                 std::panic::resume_unwind(panic);
             }
         }
+    }
+}
+
+/// What the milestone shortcut saves, seen from inside: the wakers the shards hold.
+#[cfg(all(test, not(lifecycle_loom)))]
+mod cover_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{CancelWake, Entry};
+    use crate::testing;
+
+    impl CancelWake {
+        /// Wakers held in the shards now.
+        fn registered(&self) -> usize {
+            self.shards
+                .iter()
+                .map(|shard| {
+                    let shard = shard.0.lock();
+                    let used = shard.used;
+                    shard
+                        .chunks
+                        .iter()
+                        .flat_map(|chunk| chunk.iter())
+                        .take(used)
+                        .filter(|entry| matches!(entry, Entry::Waker(_)))
+                        .count()
+                })
+                .sum()
+        }
+    }
+
+    /// 300 tasks: those waiting on their lifecycle's `draining()` (alone
+    /// or in a `select!`) hold no waker in the shards; those waiting on anything else hold one
+    /// each; a clean stop ends them all.
+    #[tokio::test]
+    async fn tasks_waiting_on_their_milestones_hold_no_waker_in_the_shards() {
+        let lifecycle = testing::builder().build().unwrap();
+        let handle = lifecycle.handle();
+        let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (never_tx, never) = tokio::sync::watch::channel(());
+        let polled = Arc::new(AtomicUsize::new(0));
+        for i in 0..300 {
+            let (h, all_tx, polled) = (handle.clone(), all_tx.clone(), polled.clone());
+            let mut never = never.clone();
+            handle.spawn(async move {
+                if polled.fetch_add(1, Ordering::AcqRel) + 1 == 300 {
+                    let _ = all_tx.send(());
+                }
+                match i % 3 {
+                    0 => h.draining().await,
+                    1 => tokio::select! {
+                        _ = h.draining() => {}
+                        _ = never.changed() => {}
+                    },
+                    _ => {
+                        let _ = never.changed().await;
+                    }
+                }
+            });
+        }
+        all_rx.recv().await.unwrap();
+        // On one thread, each task's first poll has returned by the time the next starts, and
+        // the last one's by the time this task runs again.
+        let wake = &handle.shared.cancel_wake;
+        assert_eq!(
+            wake.registered(),
+            100,
+            "only the tasks not waiting on a milestone"
+        );
+        handle.stop();
+        let run = tokio::spawn(lifecycle.run());
+        drop(never_tx);
+        let outcome = run.await.unwrap();
+        assert_eq!(outcome.exit_code(), 0, "{outcome}");
+        assert_eq!(outcome.cancelled_work(), 0);
     }
 }
 
@@ -416,7 +617,7 @@ mod loom_model {
                 ::loom::thread::spawn(move || {
                     let (woken, waker) = flag();
                     let mut slot = slot(&wake);
-                    let ended = slot.cancelled(&waker);
+                    let ended = slot.cancelled(&waker, false);
                     (ended, woken, slot)
                 })
             };
@@ -424,7 +625,10 @@ mod loom_model {
             let (ended, woken, mut slot) = task.join().unwrap();
             if !ended {
                 assert!(woken.0.load(Ordering::SeqCst), "registered, never woken");
-                assert!(slot.cancelled(Waker::noop()), "woken, but not cancelled");
+                assert!(
+                    slot.cancelled(Waker::noop(), false),
+                    "woken, but not cancelled"
+                );
             }
         });
     }
@@ -440,7 +644,7 @@ mod loom_model {
                     ::loom::thread::spawn(move || {
                         let (woken, waker) = flag();
                         let mut slot = slot(&wake);
-                        let ended = slot.cancelled(&waker);
+                        let ended = slot.cancelled(&waker, false);
                         (ended, woken, slot)
                     })
                 })
@@ -461,7 +665,10 @@ mod loom_model {
             let wake = Arc::new(Owner::default());
             let (_woken, waker) = flag();
             let mut task = slot(&wake);
-            assert!(!task.cancelled(&waker), "registered before the cancel");
+            assert!(
+                !task.cancelled(&waker, false),
+                "registered before the cancel"
+            );
             let canceller = {
                 let wake = Arc::clone(&wake);
                 ::loom::thread::spawn(move || wake.fire())

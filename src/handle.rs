@@ -98,7 +98,13 @@ impl Shared {
 
     /// Cancels the work still in flight: the cancel token for those who wait on it, then every
     /// task spawned by [`LifecycleHandle::spawn`] (see [`CancelWake::fire`]).
+    ///
+    /// Every milestone's token is cancelled first (intake and drain already are, on every path
+    /// that gets here): a spawned task waiting on one of them keeps no waker in `CancelWake`
+    /// (see `cancel::claim`), and is woken by its milestone, before the fire.
     pub(crate) fn cancel_work(&self) {
+        self.intake.cancel();
+        self.drain.cancel();
         self.cancel.cancel();
         self.cancel_wake.fire();
     }
@@ -139,6 +145,12 @@ impl fmt::Debug for LifecycleHandle {
 }
 
 impl LifecycleHandle {
+    /// The lifecycle's identity for its milestones (see `cancel::claim`): the address of its
+    /// shared state, which every task spawned on it holds.
+    fn shared_address(&self) -> usize {
+        Arc::as_ptr(&self.shared) as *const () as usize
+    }
+
     /// Requests a graceful stop (exit status 0 when clean). Idempotent: calling it again, from
     /// any number of tasks, does nothing more; only signals escalate.
     pub fn stop(&self) {
@@ -346,18 +358,18 @@ impl LifecycleHandle {
     /// Intake stops here: job sources stop fetching, listeners stop accepting. Await it, check
     /// it with [`Milestone::is_reached`], or take a token.
     pub fn intake_stopped(&self) -> Milestone {
-        Milestone::new(&self.shared.intake)
+        Milestone::new(&self.shared.intake, self.shared_address())
     }
 
     /// The drain begins here: long work should checkpoint and wrap up.
     pub fn draining(&self) -> Milestone {
-        Milestone::new(&self.shared.drain)
+        Milestone::new(&self.shared.drain, self.shared_address())
     }
 
     /// Remaining work is cancelled here (the drain deadline passed, or a second signal
     /// escalated): hand unfinished work back now.
     pub fn cancelled(&self) -> Milestone {
-        Milestone::new(&self.shared.cancel)
+        Milestone::new(&self.shared.cancel, self.shared_address())
     }
 
     /// Spawns tracked work: the exit phase waits for it.

@@ -40,7 +40,7 @@ pub use fdstore::{FdStore, ListenAddr, Listener};
 pub use handle::{LifecycleHandle, Tracked, WorkGuard};
 pub use hook::{Hook, HookContext, HookSpec};
 pub use lifecycle::Lifecycle;
-pub use milestone::{Milestone, Reload};
+pub use milestone::{Milestone, MilestoneFuture, Reload};
 pub use outcome::{
     ExitCodes, HookReport, HookResult, IntoHookResult, Outcome, PhaseReport, PhaseStatus, Reason,
     WorkItem,

@@ -1,6 +1,9 @@
 //! Points of the stop that work waits for, and the reload guard. See [`Milestone`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -15,8 +18,11 @@ use crate::notify::Notifier;
 /// Await it (`handle.draining().await`; `tokio::select!` takes it as it is), check it without
 /// waiting with [`is_reached`](Self::is_reached), or take a [`token`](Self::token). Where an API
 /// wants a `Future` (axum's `with_graceful_shutdown`, `std::pin::pin!`), pass
-/// `.into_future()`. It is one token clone, and awaiting it adds nothing: a task that waits on
-/// it costs what a task waiting on a `CancellationToken` costs.
+/// `.into_future()`. It is a token clone and the lifecycle's identity; a task spawned with
+/// [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn) that waits on one of its own
+/// lifecycle's milestones needs nothing else to be cancelled at the drain deadline (no waker
+/// of its own kept by the lifecycle), so it costs what a task waiting on a `CancellationToken`
+/// costs.
 ///
 /// ```
 /// use lifecycle_hooks::testing;
@@ -40,12 +46,17 @@ use crate::notify::Notifier;
 #[must_use = "a Milestone does nothing unless awaited or checked"]
 pub struct Milestone {
     token: CancellationToken,
+    /// The address of the lifecycle's shared state: its identity for [`crate::cancel::claim`].
+    owner: usize,
 }
 
 impl Milestone {
-    pub(crate) fn new(token: &CancellationToken) -> Self {
+    /// A milestone of the lifecycle whose shared state is at `owner`; `token` must be cancelled
+    /// no later than that lifecycle cancels its spawned tasks (`Shared::cancel_work`).
+    pub(crate) fn new(token: &CancellationToken, owner: usize) -> Self {
         Milestone {
             token: token.clone(),
+            owner,
         }
     }
 
@@ -62,7 +73,7 @@ impl Milestone {
 
 impl std::future::IntoFuture for Milestone {
     type Output = ();
-    type IntoFuture = WaitForCancellationFutureOwned;
+    type IntoFuture = MilestoneFuture;
 
     /// Completes when the stop reaches this point.
     ///
@@ -70,7 +81,53 @@ impl std::future::IntoFuture for Milestone {
     ///
     /// Cancel safe: the future owns what it needs, and dropping it loses nothing.
     fn into_future(self) -> Self::IntoFuture {
-        self.token.cancelled_owned()
+        MilestoneFuture {
+            wait: self.token.cancelled_owned(),
+            owner: self.owner,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A [`Milestone`] awaited: completes when the stop reaches it. Cancel safe.
+    ///
+    /// Inside a task spawned with [`LifecycleHandle::spawn`](crate::LifecycleHandle::spawn) on
+    /// the same lifecycle, a poll that leaves it waiting tells the task's wrapper so (see
+    /// `cancel::claim`): the milestone will wake the task by the drain deadline, so the task
+    /// needs no waker of its own kept for the deadline's cancellation.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct MilestoneFuture {
+        #[pin]
+        wait: WaitForCancellationFutureOwned,
+        owner: usize,
+    }
+
+    impl PinnedDrop for MilestoneFuture {
+        fn drop(this: Pin<&mut Self>) {
+            // If it covered the task being polled, it covers it no more.
+            crate::cancel::release(std::ptr::from_ref::<MilestoneFuture>(&*this) as usize);
+        }
+    }
+}
+
+impl Future for MilestoneFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Pinned: the address stays the same until the drop (which `release`s it).
+        let at = std::ptr::from_ref::<Self>(&*self) as usize;
+        let this = self.project();
+        let polled = this.wait.poll(cx);
+        if polled.is_pending() {
+            crate::cancel::claim(*this.owner, cx.waker(), at);
+        }
+        polled
+    }
+}
+
+impl std::fmt::Debug for MilestoneFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MilestoneFuture").finish_non_exhaustive()
     }
 }
 
