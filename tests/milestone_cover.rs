@@ -70,16 +70,6 @@ async fn a_milestone_dropped_in_the_same_poll() {
     assert_eq!(outcome.cancelled_work(), 1, "{outcome}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_milestone_dropped_in_the_same_poll_covers_nothing_threads() {
-    a_milestone_dropped_in_the_same_poll().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_milestone_dropped_in_the_same_poll_covers_nothing_paused() {
-    a_milestone_dropped_in_the_same_poll().await;
-}
-
 /// A task waiting on *another* lifecycle's milestone is not covered by it: its own
 /// lifecycle's deadline cancels it (the other lifecycle never stops).
 async fn another_lifecycles_milestone() {
@@ -93,16 +83,6 @@ async fn another_lifecycles_milestone() {
     assert_eq!(joined, None, "cancelled at its own lifecycle's deadline");
     assert_eq!(outcome.cancelled_work(), 1, "{outcome}");
     drop(other);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_lifecycles_milestone_covers_nothing_threads() {
-    another_lifecycles_milestone().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn another_lifecycles_milestone_covers_nothing_paused() {
-    another_lifecycles_milestone().await;
 }
 
 /// A milestone polled with a waker that is not the task's (here one that wakes nobody) and
@@ -122,16 +102,6 @@ async fn a_milestone_polled_with_another_waker() {
     .await;
     assert_eq!(joined, None, "cancelled at the deadline");
     assert_eq!(outcome.cancelled_work(), 1, "{outcome}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_milestone_polled_with_another_waker_covers_nothing_threads() {
-    a_milestone_polled_with_another_waker().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_milestone_polled_with_another_waker_covers_nothing_paused() {
-    a_milestone_polled_with_another_waker().await;
 }
 
 /// The covered case itself, from many tasks spawned on other threads: tasks that end at the
@@ -206,12 +176,25 @@ async fn many_covered_tasks(spawn_threads: usize) {
     assert_eq!(outcome.cancelled_work(), all - expected_ended, "{outcome}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_covered_tasks_end_or_are_cancelled_threads() {
-    many_covered_tasks(4).await;
+/// Runs `scenario(threads_arg)` as `<name>_threads` on a 2-worker runtime and
+/// `scenario(paused_arg)` as `<name>_paused` on a paused current-thread runtime.
+macro_rules! on_both_runtimes {
+    ($name:ident: $scenario:ident($($threads:expr)?), paused($($paused:expr)?)) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn threads() {
+                super::$scenario($($threads)?).await;
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn paused() {
+                super::$scenario($($paused)?).await;
+            }
+        }
+    };
 }
 
-#[tokio::test(start_paused = true)]
-async fn many_covered_tasks_end_or_are_cancelled_paused() {
-    many_covered_tasks(1).await;
-}
+on_both_runtimes!(a_milestone_dropped_in_the_same_poll_covers_nothing: a_milestone_dropped_in_the_same_poll(), paused());
+on_both_runtimes!(another_lifecycles_milestone_covers_nothing: another_lifecycles_milestone(), paused());
+on_both_runtimes!(a_milestone_polled_with_another_waker_covers_nothing: a_milestone_polled_with_another_waker(), paused());
+on_both_runtimes!(many_covered_tasks_end_or_are_cancelled: many_covered_tasks(4), paused(1));
