@@ -98,8 +98,8 @@ pub(crate) struct Part {
     /// Paused because `queue` stayed full longer than the poll thread waits for room (not
     /// because intake stopped).
     pub(crate) backpressure: bool,
-    /// Offsets stored (ended) and not yet covered by a commit, ascending.
-    pub(crate) uncommitted: VecDeque<i64>,
+    /// Offsets stored (ended) and not yet covered by a commit.
+    pub(crate) uncommitted: Uncommitted,
     /// The next offset to commit: the last ended message's offset + 1.
     pub(crate) stored_next: Option<i64>,
     /// The highest offset a commit of this member covered (a successful one): whether a
@@ -127,7 +127,7 @@ impl Part {
             in_flight: false,
             queue: VecDeque::new(),
             backpressure: false,
-            uncommitted: VecDeque::new(),
+            uncommitted: Uncommitted::default(),
             stored_next: None,
             committed_next: None,
             unstored: 0,
@@ -142,6 +142,56 @@ impl Part {
         self.backpressure = false;
         // Release: pairs with the slot's Acquire check before each message.
         self.live.cleared.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The offsets of a partition's ended messages that no commit has covered yet, ascending (a
+/// partition runs one message at a time, in order), kept as runs of consecutive offsets: a
+/// partition read without gaps holds one entry however long no commit comes (with
+/// `enable.auto.commit=false` none comes before a revocation or the exit), where a list of
+/// offsets grew by 8 bytes per message. Gaps (compaction, transaction markers) start new runs.
+#[derive(Debug, Default)]
+pub(crate) struct Uncommitted {
+    /// `(first, last)`, both included, ascending and not touching.
+    runs: VecDeque<(i64, i64)>,
+}
+
+impl Uncommitted {
+    /// Adds `offsets`, ascending and above every offset held.
+    pub(crate) fn extend(&mut self, offsets: impl IntoIterator<Item = i64>) {
+        for offset in offsets {
+            match self.runs.back_mut() {
+                Some((_, last)) if offset == *last + 1 => *last = offset,
+                _ => self.runs.push_back((offset, offset)),
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.runs.clear();
+    }
+
+    /// Removes the offsets below `next` (a commit covered them) and returns how many.
+    pub(crate) fn cover(&mut self, next: i64) -> u64 {
+        let mut covered = 0;
+        while let Some((first, last)) = self.runs.front_mut() {
+            if *first >= next {
+                break;
+            }
+            if *last < next {
+                covered += (*last - *first + 1) as u64;
+                self.runs.pop_front();
+            } else {
+                covered += (next - *first) as u64;
+                *first = next;
+                break;
+            }
+        }
+        covered
     }
 }
 
@@ -315,10 +365,7 @@ impl Shared {
         for (key, next) in offsets {
             if let Some(part) = state.part_mut(key) {
                 part.committed_next = part.committed_next.max(Some(*next));
-                while part.uncommitted.front().is_some_and(|o| o < next) {
-                    part.uncommitted.pop_front();
-                    covered += 1;
-                }
+                covered += part.uncommitted.cover(*next);
             }
         }
         drop(state);
@@ -380,5 +427,28 @@ mod tests {
         let key: Key = ("topic".to_owned(), 0);
         assert!(shared.wait_ended(&[key], Duration::MAX).is_empty());
         assert!(shared.wait_ended(&[], Duration::ZERO).is_empty());
+    }
+
+    /// A million ended messages with no commit take one entry; commits count exactly what they
+    /// cover, across runs, gaps and a commit inside a run.
+    #[test]
+    fn uncommitted_offsets_stay_one_entry_per_gap_and_count_exactly() {
+        let mut ended = Uncommitted::default();
+        ended.extend(0..1_000_000);
+        assert_eq!(ended.runs.len(), 1, "no gap, one entry");
+        assert_eq!(ended.cover(0), 0);
+        assert_eq!(ended.cover(250_000), 250_000, "a commit inside the run");
+        assert_eq!(ended.cover(250_000), 0, "covered once only");
+        // Gaps: offsets 1_000_001, 1_000_005..=1_000_007 (a compacted or transactional log).
+        ended.extend([1_000_001, 1_000_005, 1_000_006, 1_000_007]);
+        assert_eq!(ended.runs.len(), 3);
+        assert_eq!(ended.cover(1_000_006), 750_000 + 1 + 1);
+        assert!(!ended.is_empty());
+        assert_eq!(ended.cover(i64::MAX), 2);
+        assert!(ended.is_empty());
+        ended.extend([7, 8]);
+        ended.clear();
+        assert!(ended.is_empty());
+        assert_eq!(ended.cover(100), 0);
     }
 }
