@@ -75,8 +75,11 @@ type BoxHandler =
 /// back in one synchronous attempt (a source that needs no I/O, like [`MemorySource`](crate::MemorySource),
 /// takes them), and whatever that does not settle is reported in `Outcome::lost` by id.
 ///
-/// Each job holds a lifecycle work guard from its fetch until it is settled, so
-/// `LifecycleHandle::in_flight` counts running jobs and the `wait` phase waits for them.
+/// Each job holds a lifecycle work guard from its fetch until it is settled, so the `wait`
+/// phase waits for it. The guard is taken when the fetch starts (a fetch that completes as
+/// intake stops is work the wait phase must see), so until intake stops
+/// `LifecycleHandle::in_flight` counts each worker waiting in a fetch too: an idle pool shows
+/// `concurrency` there. [`Counters::in_flight`] counts running jobs only.
 /// During `drain` and `wait`, running jobs go on; [`JobContext::is_stopping`] is true so a long
 /// job can checkpoint with [`JobContext::requeue`]. At the drain deadline the lifecycle cancels
 /// what is still running: each such job is dropped at its next `.await` and handed back with
