@@ -187,7 +187,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Builds the consumer with `handler`, called for each message with the lifecycle's handle.
+    /// Builds the consumer with `handler`, called for each message (a [`ConsumedMessage`]: see
+    /// there how long it may be kept) with the lifecycle's handle.
     ///
     /// # Errors
     ///

@@ -48,7 +48,9 @@ type Runner = dyn Fn(Arc<Inner>, LifecycleHandle, Run) -> SlotFuture + Send + Sy
 /// closes in `exit`.
 ///
 /// Bind it with [`hooks`](Consumer::hooks). Each message goes to the handler given to
-/// [`ConsumerBuilder::build`]; one message per partition is in flight at a time (order is kept
+/// [`ConsumerBuilder::build`] as a [`ConsumedMessage`] (librdkafka's own message, not a copy;
+/// read it with [`rdkafka::Message`]'s methods, or [`detach`](ConsumedMessage::detach) it); one
+/// message per partition is in flight at a time (order is kept
 /// per partition, Karafka's default), at most [`concurrency`](ConsumerBuilder::concurrency)
 /// across partitions. Each message in flight is lifecycle work, named
 /// `kafka <topic>/<partition>@<offset>` in the state dump and the stuck-work report.
