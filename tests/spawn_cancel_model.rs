@@ -7,8 +7,15 @@
 //! wakes the wakers it held. The model explores every interleaving of two tasks (on one shard or
 //! on two) and the canceller and finds no lost wake-up; two broken variants must deadlock, which
 //! shows the check has teeth: checking `closed` outside the lock before registering, and setting
-//! the flag after closing the shards. The last tests run the real code with spawns racing a real
-//! cancellation on separate OS threads of a multi-thread runtime.
+//! the flag after closing the shards.
+//!
+//! A task may also wait on one of its lifecycle's milestones (a token): then its first poll
+//! registers on the token, not in a shard, and it only reads `fired` (it is *covered*). The
+//! canceller cancels the token first. The model mixes covered and uncovered tasks, and a covered
+//! task, once its milestone is reached, waits on something else and goes the shard's way. The
+//! broken variant, a canceller that leaves the token alone, must deadlock. The last tests run the
+//! real code with spawns racing a real cancellation on separate OS threads of a multi-thread
+//! runtime, with tasks of both kinds.
 
 #[allow(dead_code)]
 #[path = "../adapters/kafka/tests/interleavings/mod.rs"]
@@ -23,6 +30,24 @@ use interleavings::{Model, explore};
 use lifecycle_hooks::testing;
 use support::two_workers;
 
+/// Spawns the `i`th task of a race: even ones wait on something that never ends; odd ones wait
+/// on their lifecycle's milestone first (covered: no waker in a shard), then on something that
+/// never ends. Either way only the cancellation ends them.
+fn spawn_racer(
+    handle: &lifecycle_hooks::LifecycleHandle,
+    i: usize,
+) -> tokio::task::JoinHandle<Option<()>> {
+    if i % 2 == 0 {
+        handle.spawn(std::future::pending::<()>())
+    } else {
+        let h = handle.clone();
+        handle.spawn(async move {
+            h.draining().await;
+            std::future::pending::<()>().await
+        })
+    }
+}
+
 /// Which protocol the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Variant {
@@ -32,6 +57,8 @@ enum Variant {
     CheckOutsideTheLock,
     /// Broken: the canceller closes the shards (waking their tasks) before it sets the flag.
     FlagAfterClosing,
+    /// Broken: the canceller never cancels the milestones' token.
+    TokenNotCancelled,
 }
 
 /// Where a spawned task is in its life. Its work never finishes; only the cancellation ends it.
@@ -41,6 +68,8 @@ enum Task {
     Spawned,
     /// `CheckOutsideTheLock` only: saw its shard open, about to register.
     SawOpen,
+    /// Covered: registered on the token (its milestone is pending), about to read the flag.
+    OnToken,
     /// Pending; runs again only when woken.
     Waiting,
     /// Ended as cancelled: its join handle yields `None`.
@@ -57,15 +86,29 @@ struct SpawnRace {
     registered: Vec<bool>,
     /// Whether each task was woken and not yet polled since.
     woken: Vec<bool>,
+    /// Whether each task waits on the milestone (until the milestone is reached).
+    covered: Vec<bool>,
+    /// Whether each task has taken a key (registered once): then it only reads the flag.
+    keyed: Vec<bool>,
+    /// Whether each task's waker is on the token.
+    on_token: Vec<bool>,
+    /// The milestones' token is cancelled.
+    token: bool,
     closed: Vec<bool>,
     fired: bool,
-    /// The canceller's next step: 0 ..= shards (set the flag, close each shard), in the
-    /// variant's order.
+    /// The canceller's next step: 0 ..= shards + 1 (cancel the token, set the flag, close each
+    /// shard), in the variant's order.
     canceller: usize,
 }
 
 impl SpawnRace {
     fn new(variant: Variant, shard_of: Vec<usize>) -> Self {
+        let n = shard_of.len();
+        Self::covered(variant, shard_of, vec![false; n])
+    }
+
+    /// Tasks `covered[t]` wait on the milestone first.
+    fn covered(variant: Variant, shard_of: Vec<usize>, covered: Vec<bool>) -> Self {
         let shards = shard_of.iter().max().map_or(0, |s| s + 1);
         let n = shard_of.len();
         SpawnRace {
@@ -74,6 +117,10 @@ impl SpawnRace {
             shard_of,
             registered: vec![false; n],
             woken: vec![false; n],
+            covered,
+            keyed: vec![false; n],
+            on_token: vec![false; n],
+            token: false,
             closed: vec![false; shards],
             fired: false,
             canceller: 0,
@@ -96,7 +143,41 @@ impl SpawnRace {
 
     fn register(&mut self, t: usize) {
         self.registered[t] = true;
+        self.keyed[t] = true;
         self.tasks[t] = Task::Waiting;
+    }
+
+    /// A poll whose work returns `Pending` and which has no key yet: a covered task registers
+    /// on the token (or, its milestone reached, stops being covered and goes the shard's way);
+    /// any other takes the shard's lock and registers or sees it closed.
+    fn first_pending(&mut self, t: usize) -> Task {
+        if self.covered[t] {
+            if self.token {
+                // The milestone is reached: the work goes on to wait on something else.
+                self.covered[t] = false;
+                return Task::Spawned;
+            }
+            self.on_token[t] = true;
+            return Task::OnToken;
+        }
+        let shard = self.shard_of[t];
+        match self.variant {
+            Variant::CheckOutsideTheLock => {
+                if self.closed[shard] {
+                    Task::Cancelled
+                } else {
+                    Task::SawOpen
+                }
+            }
+            _ => {
+                if self.closed[shard] {
+                    Task::Cancelled
+                } else {
+                    self.register(t);
+                    Task::Waiting
+                }
+            }
+        }
     }
 }
 
@@ -109,7 +190,7 @@ impl Model for SpawnRace {
         if t < self.tasks.len() {
             self.tasks[t] == Task::Cancelled
         } else {
-            self.canceller > self.shards()
+            self.canceller > self.shards() + 1
         }
     }
 
@@ -119,54 +200,70 @@ impl Model for SpawnRace {
 
     fn step(&mut self, t: usize) {
         if t == self.tasks.len() {
+            // Step 0 cancels the token (waking what waits on it), then the flag and the shards
+            // in the variant's order.
+            if self.canceller == 0 {
+                if self.variant != Variant::TokenNotCancelled {
+                    self.token = true;
+                    for t in 0..self.tasks.len() {
+                        if std::mem::take(&mut self.on_token[t]) {
+                            self.woken[t] = true;
+                        }
+                    }
+                }
+                self.canceller += 1;
+                return;
+            }
+            let step = self.canceller - 1;
             let flag_step = match self.variant {
                 Variant::FlagAfterClosing => self.shards(),
                 _ => 0,
             };
-            if self.canceller == flag_step {
+            if step == flag_step {
                 self.fired = true;
             } else {
                 let shard = match self.variant {
-                    Variant::FlagAfterClosing => self.canceller,
-                    _ => self.canceller - 1,
+                    Variant::FlagAfterClosing => step,
+                    _ => step - 1,
                 };
                 self.close(shard);
             }
             self.canceller += 1;
             return;
         }
-        let shard = self.shard_of[t];
-        self.tasks[t] = match (self.tasks[t], self.variant) {
-            // The first `Pending`: under the shard's lock, register or see it closed.
-            (Task::Spawned, Variant::Real | Variant::FlagAfterClosing) => {
-                if self.closed[shard] {
-                    Task::Cancelled
-                } else {
-                    self.register(t);
-                    Task::Waiting
-                }
-            }
-            (Task::Spawned, Variant::CheckOutsideTheLock) => {
-                if self.closed[shard] {
-                    Task::Cancelled
-                } else {
-                    Task::SawOpen
-                }
-            }
-            (Task::SawOpen, _) => {
+        self.tasks[t] = match self.tasks[t] {
+            // The first `Pending` (see `first_pending`).
+            Task::Spawned => self.first_pending(t),
+            Task::SawOpen => {
                 self.register(t);
                 Task::Waiting
             }
-            // Woken: the work is polled first (still pending), then the flag is read.
-            (Task::Waiting, _) => {
-                self.woken[t] = false;
+            // Covered, after its poll: the flag is read; no waker in any shard.
+            Task::OnToken => {
                 if self.fired {
+                    self.on_token[t] = false;
                     Task::Cancelled
                 } else {
                     Task::Waiting
                 }
             }
-            (Task::Cancelled, _) => Task::Cancelled,
+            // Woken: the work is polled first, then the flag is read. A task woken by its
+            // milestone finds it reached and waits on something else: with no key yet, that is
+            // its first `Pending` in a shard.
+            Task::Waiting => {
+                self.woken[t] = false;
+                if self.covered[t] && self.token {
+                    self.covered[t] = false;
+                }
+                if !self.keyed[t] && !self.covered[t] {
+                    self.first_pending(t)
+                } else if self.fired {
+                    Task::Cancelled
+                } else {
+                    Task::Waiting
+                }
+            }
+            Task::Cancelled => Task::Cancelled,
         };
     }
 }
@@ -207,6 +304,35 @@ fn spawn_never_misses_the_cancellation_in_any_interleaving() {
 }
 
 #[test]
+fn covered_tasks_never_miss_the_cancellation_in_any_interleaving() {
+    for (shards, covered) in [
+        (vec![0, 0], vec![true, true]),
+        (vec![0, 1], vec![true, false]),
+        (vec![1, 0], vec![false, true]),
+        (vec![0, 0, 1], vec![true, false, true]),
+    ] {
+        let explored = explore(
+            SpawnRace::covered(Variant::Real, shards.clone(), covered.clone()),
+            no_waker_in_a_closed_shard,
+            all_cancelled,
+        )
+        .unwrap_or_else(|e| panic!("{shards:?} {covered:?}: {e}"));
+        assert!(explored.finals >= 1 && explored.states > 10, "{explored:?}");
+    }
+}
+
+#[test]
+fn a_canceller_that_leaves_the_milestones_alone_would_lose_a_covered_task() {
+    let err = explore(
+        SpawnRace::covered(Variant::TokenNotCancelled, vec![0, 1], vec![true, false]),
+        |_| Ok(()),
+        all_cancelled,
+    )
+    .unwrap_err();
+    assert!(err.contains("deadlock"), "{err}");
+}
+
+#[test]
 fn checking_the_shard_outside_its_lock_would_lose_the_wake_up() {
     let err = explore(
         SpawnRace::new(Variant::CheckOutsideTheLock, vec![0, 1]),
@@ -240,7 +366,7 @@ fn real_spawns_racing_a_real_cancellation_all_end() {
                 let handle = handle.clone();
                 async move {
                     (0..200)
-                        .map(|_| handle.spawn(std::future::pending::<()>()))
+                        .map(|i| spawn_racer(&handle, i))
                         .collect::<Vec<_>>()
                 }
             });
@@ -276,7 +402,7 @@ fn spawns_on_one_os_thread_racing_a_cancel_on_another_all_end() {
                 start.wait();
                 let (mut joins, mut before, mut after) = (Vec::new(), 0, 0);
                 while after < 100 {
-                    joins.push(handle.spawn(std::future::pending::<()>()));
+                    joins.push(spawn_racer(&handle, joins.len()));
                     if handle.cancelled().is_reached() {
                         after += 1;
                     } else {
