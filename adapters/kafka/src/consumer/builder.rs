@@ -122,7 +122,8 @@ impl ConsumerBuilder {
     /// How many fetched messages a partition may buffer (default 4096; a batch from the poll
     /// thread may overshoot it by up to 256). When a partition's buffer is full, the poll
     /// thread stops taking messages (librdkafka keeps prefetching up to its own
-    /// `queued.max.messages.kbytes`) until the buffer is down to half, for at most 500 ms;
+    /// `queued.max.messages.kbytes`) until the buffer is down to three quarters, for at most
+    /// 500 ms;
     /// a partition still full then is paused until its buffer empties, so that a slow handler
     /// does not hold up the group's callbacks. Each pause makes librdkafka drop and later
     /// fetch again what it had prefetched for the partition.

@@ -281,7 +281,8 @@ impl Inner {
     }
 
     /// Backpressure, on the poll thread: while one of the `full` partitions still buffers more
-    /// than half of [`buffer`](ConsumerBuilder::buffer), the thread stops taking messages
+    /// than three quarters of [`buffer`](ConsumerBuilder::buffer) ([`Shared::room_at`]), the
+    /// thread stops taking messages
     /// (librdkafka keeps what it prefetched), at most [`BACKPRESSURE_BLOCK`]; the partitions
     /// still full then are paused, so a slow handler does not keep the thread from serving the
     /// group's callbacks (a pause makes librdkafka drop its prefetch and fetch it again).
@@ -290,7 +291,7 @@ impl Inner {
             return;
         }
         let shared = &*self.shared;
-        let low = shared.buffer / 2;
+        let low = shared.room_at();
         let deadline = Instant::now() + BACKPRESSURE_BLOCK;
         let mut state = shared.lock();
         loop {
@@ -354,7 +355,7 @@ impl Inner {
         resume: &mut Vec<Key>,
         reuse: Option<&mut Run>,
     ) -> Run {
-        let low = self.shared.buffer / 2;
+        let low = self.shared.room_at();
         let part = &mut state.parts[at];
         let before = part.queue.len();
         let take = before.min(RUN);
