@@ -72,8 +72,8 @@ fn this_threads_shard() -> usize {
     allow(dead_code, reason = "loom models run without the shortcut")
 )]
 struct Polling {
-    /// The owner's address (the lifecycle's `Shared`): its identity, never dereferenced.
-    owner: usize,
+    /// The owner's [`CancelWake::id`]; 0 between polls of spawned tasks.
+    owner: u64,
     /// The task's waker, as `Waker::data` and `Waker::vtable` addresses.
     data: usize,
     vtable: usize,
@@ -106,13 +106,13 @@ fn waker_identity(waker: &Waker) -> (usize, usize) {
     )
 }
 
-/// Called by a milestone future of the lifecycle at `owner` (its address) when it returns
+/// Called by a milestone future of the lifecycle `owner` (its [`CancelWake::id`]) when it returns
 /// `Pending` having registered `waker`, the milestone future itself at address `at`: if this
 /// thread is polling a task spawned on that same lifecycle, with that same waker, the task is
 /// *covered*: the milestone wakes it no later than the cancellation at the drain deadline
 /// (`Shared::cancel_work` cancels the milestones' tokens before it fires [`CancelWake`]), so
 /// the task needs no waker of its own in the shards.
-pub(crate) fn claim(owner: usize, waker: &Waker, at: usize) {
+pub(crate) fn claim(owner: u64, waker: &Waker, at: usize) {
     #[cfg(not(lifecycle_loom))]
     let _ = POLLING.try_with(|polling| {
         let mut now = polling.get();
@@ -142,7 +142,7 @@ pub(crate) fn release(at: usize) {
 
 /// Starts a poll of a task of `owner` with `waker`; returns what to restore after it.
 #[inline]
-fn enter(owner: usize, waker: &Waker) -> Polling {
+fn enter(owner: u64, waker: &Waker) -> Polling {
     #[cfg(not(lifecycle_loom))]
     {
         let (data, vtable) = waker_identity(waker);
@@ -204,6 +204,10 @@ fn leave(outer: Polling) -> bool {
 ///    finished task is freed at once, as with a plain `tokio::spawn`.
 #[derive(Debug)]
 pub(crate) struct CancelWake {
+    /// The lifecycle's identity for its milestones ([`claim`]): unique in the process, never
+    /// 0. Not an address, which the allocator may hand to a later lifecycle while a milestone
+    /// of the dropped one still lives.
+    pub(crate) id: u64,
     fired: AtomicBool,
     /// Tracked tasks that panicked. Incremented (Release) by the panicking task before it ends;
     /// read (Acquire) once all work has ended or been given up.
@@ -213,7 +217,10 @@ pub(crate) struct CancelWake {
 
 impl Default for CancelWake {
     fn default() -> Self {
+        /// Hands out [`CancelWake::id`]s. Relaxed: only uniqueness matters.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         CancelWake {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             fired: AtomicBool::new(false),
             panicked: AtomicUsize::new(0),
             shards: std::array::from_fn(|_| Padded(Mutex::new(Shard::default()))),
@@ -458,8 +465,7 @@ where
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let fut = this.fut;
-        let owner = std::ptr::from_ref::<P::Target>(&*this.slot.owner) as *const () as usize;
-        let outer = enter(owner, cx.waker());
+        let outer = enter(this.slot.owner.cancel_wake().id, cx.waker());
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
         let covered = leave(outer);
         match polled {
@@ -506,6 +512,45 @@ mod cover_tests {
                 })
                 .sum()
         }
+    }
+
+    /// A milestone outlives its lifecycle (it holds a token and the lifecycle's id, not the
+    /// lifecycle), and a clean run never cancels `cancelled()`'s token. Such a milestone must
+    /// not pass for one of a later lifecycle's, or a task of that lifecycle waiting on it would
+    /// keep no waker and hang it at its drain deadline. With the lifecycle's address as its
+    /// identity (the first version) that happened whenever the allocator gave the freed address
+    /// to the next lifecycle; ids are never reused.
+    #[tokio::test(start_paused = true)]
+    async fn a_milestone_of_a_dropped_lifecycle_never_covers_a_task_of_the_next() {
+        let (milestone, old_id) = {
+            let lifecycle = testing::builder().build().unwrap();
+            let handle = lifecycle.handle();
+            let old = (handle.cancelled(), handle.shared.cancel_wake.id);
+            handle.stop();
+            assert_eq!(lifecycle.run().await.cancelled_work(), 0);
+            old
+        };
+        assert!(
+            !milestone.is_reached(),
+            "a clean run never reaches `cancelled()`"
+        );
+        let lifecycle = testing::builder()
+            .budget(std::time::Duration::from_millis(400))
+            .build()
+            .unwrap();
+        let handle = lifecycle.handle();
+        assert_ne!(handle.shared.cancel_wake.id, old_id);
+        let join = handle.spawn(async move {
+            milestone.await;
+            unreachable!("the old lifecycle's work is never cancelled");
+        });
+        tokio::task::yield_now().await;
+        handle.stop();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), lifecycle.run())
+            .await
+            .expect("the task was cancelled at the deadline");
+        assert_eq!(outcome.cancelled_work(), 1, "{outcome}");
+        assert_eq!(join.await.unwrap(), None);
     }
 
     /// 300 tasks: those waiting on their lifecycle's `draining()` (alone

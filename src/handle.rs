@@ -145,12 +145,6 @@ impl fmt::Debug for LifecycleHandle {
 }
 
 impl LifecycleHandle {
-    /// The lifecycle's identity for its milestones (see `cancel::claim`): the address of its
-    /// shared state, which every task spawned on it holds.
-    fn shared_address(&self) -> usize {
-        Arc::as_ptr(&self.shared) as *const () as usize
-    }
-
     /// Requests a graceful stop (exit status 0 when clean). Idempotent: calling it again, from
     /// any number of tasks, does nothing more; only signals escalate.
     pub fn stop(&self) {
@@ -358,18 +352,18 @@ impl LifecycleHandle {
     /// Intake stops here: job sources stop fetching, listeners stop accepting. Await it, check
     /// it with [`Milestone::is_reached`], or take a token.
     pub fn intake_stopped(&self) -> Milestone {
-        Milestone::new(&self.shared.intake, self.shared_address())
+        Milestone::new(&self.shared.intake, self.shared.cancel_wake.id)
     }
 
     /// The drain begins here: long work should checkpoint and wrap up.
     pub fn draining(&self) -> Milestone {
-        Milestone::new(&self.shared.drain, self.shared_address())
+        Milestone::new(&self.shared.drain, self.shared.cancel_wake.id)
     }
 
     /// Remaining work is cancelled here (the drain deadline passed, or a second signal
     /// escalated): hand unfinished work back now.
     pub fn cancelled(&self) -> Milestone {
-        Milestone::new(&self.shared.cancel, self.shared_address())
+        Milestone::new(&self.shared.cancel, self.shared.cancel_wake.id)
     }
 
     /// Spawns tracked work: the exit phase waits for it.

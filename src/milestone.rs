@@ -46,14 +46,14 @@ use crate::notify::Notifier;
 #[must_use = "a Milestone does nothing unless awaited or checked"]
 pub struct Milestone {
     token: CancellationToken,
-    /// The address of the lifecycle's shared state: its identity for [`crate::cancel::claim`].
-    owner: usize,
+    /// The lifecycle's identity for [`crate::cancel::claim`] (its `CancelWake::id`).
+    owner: u64,
 }
 
 impl Milestone {
-    /// A milestone of the lifecycle whose shared state is at `owner`; `token` must be cancelled
-    /// no later than that lifecycle cancels its spawned tasks (`Shared::cancel_work`).
-    pub(crate) fn new(token: &CancellationToken, owner: usize) -> Self {
+    /// A milestone of the lifecycle `owner`; `token` must be cancelled no later than that
+    /// lifecycle cancels its spawned tasks (`Shared::cancel_work`).
+    pub(crate) fn new(token: &CancellationToken, owner: u64) -> Self {
         Milestone {
             token: token.clone(),
             owner,
@@ -99,7 +99,7 @@ pin_project_lite::pin_project! {
     pub struct MilestoneFuture {
         #[pin]
         wait: WaitForCancellationFutureOwned,
-        owner: usize,
+        owner: u64,
     }
 
     impl PinnedDrop for MilestoneFuture {
