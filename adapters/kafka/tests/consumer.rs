@@ -933,3 +933,105 @@ async fn a_final_commit_to_a_dead_broker_is_bounded_and_the_consumer_still_leave
     assert_eq!(consumer.stats().committed, 0);
     cluster.broker_up(1).expect("the broker comes back");
 }
+
+/// A partition paused for backpressure (its buffer stayed full) and then revoked and assigned
+/// again by a rebalance delivers again: librdkafka keeps an application's pause across the
+/// reassignment, so the consumer resumes what it is assigned while intake is open. Before, the
+/// partition stayed paused for good, and nothing said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_paused_for_backpressure_delivers_again_after_a_rebalance() {
+    let broker = Broker::mock();
+    let topic = broker.topic("in", 1).await;
+    seed(&broker, &topic, 1, 10).await;
+    let (release_tx, release) = watch::channel(false);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (a_assigned_tx, mut a_assigned) = watch::channel(0_usize);
+    let a = consumer(&broker, "g-paused", &topic)
+        .set("partition.assignment.strategy", "range")
+        // Committed in the background soon after, so the stop has nothing left to commit while
+        // the group may still be settling B's departure (a final commit then is refused).
+        .set("auto.commit.interval.ms", "100")
+        .buffer(1)
+        .revoke_timeout(Duration::from_millis(200))
+        .on_rebalance(move |event| {
+            if matches!(event, RebalanceEvent::Assigned(_)) {
+                a_assigned_tx.send_modify(|n| *n += 1);
+            }
+        })
+        .build(move |message, _| {
+            let (seen_tx, mut release) = (seen_tx.clone(), release.clone());
+            async move {
+                // The first message waits, so the partition's buffer fills and it is paused.
+                release.wait_for(|r| *r).await?;
+                let _ = seen_tx.send(message.offset());
+                Ok::<(), BoxError>(())
+            }
+        })
+        .expect("consumer a");
+    let (a_handle, a_run) = launch(&a);
+    // The pause comes once the buffer has stayed full for the poll thread's longest wait; no
+    // event marks it, so its counter is watched.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while a.stats().paused == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the full partition is paused");
+    // A second member joins (eager: A's partition is revoked, then assigned to one of them) and
+    // leaves without committing anything (its handler never ends; its short budget cuts it off),
+    // so A is assigned the partition again, from offset 0.
+    let (b_assigned_tx, mut b_assigned) = watch::channel(0_usize);
+    let b = consumer(&broker, "g-paused", &topic)
+        .set("partition.assignment.strategy", "range")
+        .on_rebalance(move |event| {
+            if matches!(event, RebalanceEvent::Assigned(_)) {
+                b_assigned_tx.send_modify(|n| *n += 1);
+            }
+        })
+        .build(|_, _| std::future::pending::<Result<(), BoxError>>())
+        .expect("consumer b");
+    let b_lifecycle = testing::builder()
+        .budget(Duration::from_secs(1))
+        .hooks(b.hooks())
+        .build()
+        .expect("a graph");
+    let b_handle = b_lifecycle.handle();
+    let b_run = tokio::spawn(b_lifecycle.run());
+    tokio::time::timeout(Duration::from_secs(30), b_assigned.wait_for(|n| *n > 0))
+        .await
+        .expect("B joins the group")
+        .expect("B's callback lives");
+    let a_assigned_before = *a_assigned.borrow();
+    b_handle.stop();
+    let b_outcome = b_run.await.unwrap();
+    // B holds at most the one message it started (if it was given the partition), cut off.
+    assert!(b_outcome.cancelled_work() <= 1, "{b_outcome}");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        a_assigned.wait_for(|n| *n > a_assigned_before),
+    )
+    .await
+    .expect("A is assigned again after B leaves")
+    .expect("A's callback lives");
+    assert_eq!(b.stats().committed, 0, "{:?}", b.stats());
+    release_tx.send_replace(true);
+    let mut offsets = BTreeSet::new();
+    while !offsets.contains(&9) {
+        let offset = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the partition delivers no more: saw {offsets:?}"))
+            .expect("alive");
+        offsets.insert(offset);
+    }
+    assert_eq!(offsets, (0..10).collect::<BTreeSet<i64>>());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while a.stats().committed < 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the background commit covers all ten");
+    a_handle.stop();
+    assert_clean(&a_run.await.unwrap());
+}

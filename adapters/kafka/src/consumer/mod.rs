@@ -315,8 +315,10 @@ impl Inner {
                     }
                 }
                 // Paused and resumed under the lock, so a pause and the resume that ends it
-                // cannot reach librdkafka in the wrong order (invariant 5: these calls only
-                // queue an op).
+                // cannot reach librdkafka in the wrong order (invariant 5).
+                shared
+                    .paused
+                    .fetch_add(pause.len() as u64, Ordering::Relaxed);
                 self.pause(&pause);
                 return;
             }
@@ -512,6 +514,9 @@ impl Inner {
     }
 
     fn resume(&self, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
         if let Err(error) = self.client.resume(&Self::tpl(keys)) {
             tracing::warn!(target: "lifecycle_hooks_kafka", %error, "could not resume Kafka partitions");
         }

@@ -128,6 +128,8 @@ impl ConsumerContext for PollContext {
         shared
             .assigned
             .fetch_add(assigned.len() as u64, Ordering::Relaxed);
+        // The poll thread, in whose `poll` this runs, holds an `Inner`: this is never the last.
+        let inner = self.inner.get().and_then(Weak::upgrade);
         {
             let mut state = shared.lock();
             for key in &assigned {
@@ -137,16 +139,23 @@ impl ConsumerContext for PollContext {
                 part.stored_next = None;
                 part.unstored = 0;
             }
+            // librdkafka keeps an application's pause on a partition across its revocation and
+            // reassignment: one paused for backpressure before (its flag cleared when revoked)
+            // would stay paused for good. Intake open: resume (a partition not paused is left
+            // as it is); stopped: pause what comes in. Under the lock, as every pause and
+            // resume (invariant 5).
+            if let Some(inner) = &inner {
+                if shared.open() {
+                    inner.resume(&assigned);
+                } else {
+                    inner.pause(&assigned);
+                }
+            }
         }
         tracing::info!(target: "lifecycle_hooks_kafka", partitions = ?assigned, "Kafka partitions assigned");
         shared.rebalance_served();
         if let Some(callback) = &self.on_rebalance {
             callback(RebalanceEvent::Assigned(&assigned));
-        }
-        if !shared.open() {
-            if let Some(inner) = self.inner.get().and_then(Weak::upgrade) {
-                inner.pause(&assigned);
-            }
         }
     }
 

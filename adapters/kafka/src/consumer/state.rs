@@ -24,9 +24,10 @@
 //! 5. The lock is a std `Mutex` held only for bookkeeping (never across an `.await`, never
 //!    while waiting on the broker); the revocation wait and the poll thread's backpressure
 //!    wait release it through their `Condvar`s.
-//!    Pauses and resumes of partitions are issued while it is held (librdkafka only queues
-//!    them), so a backpressure resume can never overtake the pause it ends, nor follow the
-//!    `stop_intake` pause.
+//!    Pauses and resumes of partitions are issued while it is held, so a backpressure resume
+//!    can never overtake the pause it ends, nor follow the `stop_intake` pause. librdkafka
+//!    makes them wait for the partition's broker thread, which never takes this lock: no
+//!    deadlock, but a busy broker thread holds the lock that long.
 //! 6. A partition's index in `State::parts` never changes (partitions are never removed), so
 //!    slots and the poll thread refer to a partition by index and never hash its key on the
 //!    message path.
@@ -81,6 +82,8 @@ pub struct ConsumerStats {
     pub assigned: u64,
     /// Partitions revoked from this member, summed over rebalances.
     pub revoked: u64,
+    /// Times a partition was paused because its buffer stayed full (backpressure).
+    pub paused: u64,
     /// Messages running now.
     pub in_flight: u64,
 }
@@ -268,6 +271,7 @@ pub(crate) struct Shared {
     pub(crate) handed_back: AtomicU64,
     pub(crate) assigned: AtomicU64,
     pub(crate) revoked: AtomicU64,
+    pub(crate) paused: AtomicU64,
 }
 
 impl Shared {
@@ -291,6 +295,7 @@ impl Shared {
             handed_back: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
+            paused: AtomicU64::new(0),
         }
     }
 
@@ -323,6 +328,7 @@ impl Shared {
             handed_back: self.handed_back.load(Ordering::Relaxed),
             assigned: self.assigned.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
             in_flight,
         }
     }
