@@ -7,11 +7,11 @@
 //! synchronous commit at the end. Each run is a fresh consumer group reading the same
 //! pre-filled topic (4 partitions) from the beginning; the clock runs from the first message to
 //! the last, so the group join is not measured. Runs alternate raw / ours, and the medians are
-//! compared. Two more figures, not sides of the comparison, are ceilings of the consumer's
-//! poll thread: a `BaseConsumer` polled on a thread of its own, each message copied out of
-//! librdkafka (`detach`, as the poll thread does before the hand-over) and dropped there, or
-//! handed over in batches to another thread that drops it (what any handler that owns the
-//! message off the poll thread implies).
+//! compared. Two more figures, not sides of the comparison, show what a copy per message
+//! costs (the consumer made one until its handler was lent librdkafka's message,
+//! `ConsumedMessage`): a `BaseConsumer` polled on a thread of its own, each message copied out
+//! of librdkafka (`detach`) and dropped there, or handed over in batches to another thread that
+//! drops it.
 //!
 //! `CONSUME_PATH_ROUNDS=<n>` sets the number of rounds (default 3),
 //! `CONSUME_PATH_MESSAGES=<n>` the messages per round (default 40 000), and
@@ -107,9 +107,9 @@ async fn raw(cluster: &MockCluster, group: &str) -> Duration {
     took
 }
 
-/// The poll thread's ceiling: poll and detach on a thread of its own, nothing else. The copies
-/// are dropped on that thread, or, if `elsewhere`, handed over in batches of 256 (as the
-/// consumer's poll thread hands them to its slots) to a thread that drops them.
+/// What copying costs: poll and detach on a thread of its own, nothing else. The copies are
+/// dropped on that thread, or, if `elsewhere`, handed over in batches of 256 (as the consumer's
+/// poll thread hands its messages to its slots) to a thread that drops them.
 async fn poll_detach(cluster: &MockCluster, group: &str, elsewhere: bool) -> Duration {
     let consumer: BaseConsumer = config(cluster, group).create().expect("a consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribed");

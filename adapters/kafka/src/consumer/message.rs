@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::Timestamp;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, OwnedMessage};
 
 use super::poll::PollContext;
@@ -32,18 +34,22 @@ pub struct ConsumedMessage {
 }
 
 impl ConsumedMessage {
-    /// Takes `message`, polled from `client`, keeping `client` alive for as long as the
-    /// message lives.
+    /// Polls `client` (as `BaseConsumer::poll`) and keeps `client` alive for as long as the
+    /// message it returns lives. Polling here, not taking a message polled elsewhere, is what
+    /// makes the lifetime extension below sound whoever calls it.
     #[allow(unsafe_code)]
-    pub(crate) fn new(
-        message: BorrowedMessage<'_>,
+    pub(crate) fn poll(
         client: &Arc<BaseConsumer<PollContext>>,
-    ) -> ConsumedMessage {
+        timeout: Duration,
+    ) -> Option<KafkaResult<ConsumedMessage>> {
+        let message = match client.poll(timeout)? {
+            Ok(message) => message,
+            Err(error) => return Some(Err(error)),
+        };
         // SAFETY: the lifetime of a `BorrowedMessage` is only a marker (a `PhantomData`) for
         // the borrow of the consumer it was polled from: its layout does not depend on it, so
         // the transmute changes nothing but that marker. The borrow it stood for stays valid:
-        // `message` was polled from `client` (the caller's contract, kept by the one caller,
-        // the poll thread), the `Arc` below keeps that consumer alive, at the same address, for
+        // `message` was polled from `client` just above, the `Arc` below keeps that consumer alive, at the same address, for
         // as long as this value lives, and the field order drops the message before the `Arc`.
         // librdkafka allows a message (an event of the consumer's queue) to be destroyed from
         // any thread, which is why rdkafka makes `BorrowedMessage` `Send` and `Sync`. The
@@ -52,10 +58,10 @@ impl ConsumedMessage {
         let message = unsafe {
             std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(message)
         };
-        ConsumedMessage {
+        Some(Ok(ConsumedMessage {
             message,
             _client: Arc::clone(client),
-        }
+        }))
     }
 
     /// An owned copy of the message (payload, key, topic and headers copied).
@@ -242,8 +248,8 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(30);
             let message = loop {
                 assert!(Instant::now() < deadline, "no message within 30 s");
-                match inner.client.poll(Duration::from_millis(100)) {
-                    Some(Ok(message)) => break ConsumedMessage::new(message, &inner.client),
+                match ConsumedMessage::poll(&inner.client, Duration::from_millis(100)) {
+                    Some(Ok(message)) => break message,
                     Some(Err(error)) => panic!("{error}"),
                     None => {}
                 }

@@ -284,16 +284,14 @@ fn poll(inner: &Arc<Inner>, lifecycle: &LifecycleHandle, started: bool) {
                 break;
             }
         }
-        match client.poll(POLL_TIMEOUT) {
+        match ConsumedMessage::poll(&inner.client, POLL_TIMEOUT) {
             Some(Ok(message)) => {
                 // What librdkafka has ready goes over in one batch: one lock, one slot start
                 // per partition, not one per message.
-                batch.push(ConsumedMessage::new(message, &inner.client));
+                batch.push(message);
                 while batch.len() < BATCH {
-                    match client.poll(Duration::ZERO) {
-                        Some(Ok(message)) => {
-                            batch.push(ConsumedMessage::new(message, &inner.client))
-                        }
+                    match ConsumedMessage::poll(&inner.client, Duration::ZERO) {
+                        Some(Ok(message)) => batch.push(message),
                         Some(Err(error)) => {
                             tracing::warn!(target: "lifecycle_hooks_kafka", %error, "Kafka consumer error");
                             break;
